@@ -1,0 +1,73 @@
+"""Kernel backends, registered by name. Each backend module exposes the same four functions:
+
+    lstm_forward, lstm_backward      (contract: lstm_ref.py)
+    gru_forward,  gru_backward       (contract: gru_ref.py)
+
+`get_backend(name)` returns a namespace with those four. "auto" picks cython when the extension is
+built, else numba; a backend asked for by name that is not available raises ImportError.
+"""
+import importlib
+import types
+
+NAMES = ("reference", "numba", "cython")
+_MODULES = {
+    "reference": ("fastlstm._kernels.lstm_ref", "fastlstm._kernels.gru_ref"),
+    "numba": ("fastlstm._kernels.lstm_numba", "fastlstm._kernels.gru_numba"),
+    "cython": ("fastlstm._kernels.lstm_cy", "fastlstm._kernels.gru_cy"),
+}
+_HOW_TO_BUILD = {
+    "cython": "the Cython extension is not built; build it with `pip install .` (needs gcc, Cython, numpy, scipy) "
+              "or `python setup.py build_ext --inplace`",
+    "numba": "numba is not installed; `pip install numba`",
+}
+_cache = {}
+
+
+def get_backend(name="auto"):
+    """The kernel namespace for `name` ("auto", "cython", "numba", "reference")."""
+    if name == "auto":
+        return get_backend(auto_name())
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; expected one of 'auto', {', '.join(map(repr, NAMES))}")
+    if name not in _cache:
+        try:
+            lstm_mod, gru_mod = (importlib.import_module(m) for m in _MODULES[name])
+        except ImportError as e:
+            raise ImportError(f"backend {name!r} is not available: {_HOW_TO_BUILD.get(name, e)} ({e})") from e
+        _cache[name] = types.SimpleNamespace(
+            name=name, lstm_forward=lstm_mod.lstm_forward, lstm_backward=lstm_mod.lstm_backward,
+            gru_forward=gru_mod.gru_forward, gru_backward=gru_mod.gru_backward)
+    return _cache[name]
+
+
+def cython_built():
+    """True when the compiled extension modules import."""
+    try:
+        importlib.import_module("fastlstm._kernels.lstm_cy")
+        importlib.import_module("fastlstm._kernels.gru_cy")
+        return True
+    except ImportError:
+        return False
+
+
+def numba_installed():
+    return importlib.util.find_spec("numba") is not None
+
+
+def auto_name():
+    """What "auto" resolves to: cython whenever built (no JIT on the default path), else numba, else reference."""
+    if cython_built():
+        return "cython"
+    if numba_installed():
+        return "numba"
+    return "reference"
+
+
+def available():
+    """Names of the backends that can be used here."""
+    out = ["reference"]
+    if numba_installed():
+        out.append("numba")
+    if cython_built():
+        out.append("cython")
+    return out

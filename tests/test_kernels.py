@@ -1,0 +1,151 @@
+"""Every backend against the NumPy reference, forward and backward, over a grid of shapes and options."""
+import numpy as np
+import pytest
+
+from fastlstm._kernels import acts, get_backend, gru_ref, lstm_ref
+from fastlstm._kernels.args import copy_args, gru_args, gru_backward_args, lstm_args, lstm_backward_args
+
+from conftest import BACKENDS, TOL
+
+FAST = [b for b in BACKENDS if b != "reference"]
+# (T, B, I, H): T=1, B=1, H=1, odd sizes, I != H, and one size past the cache-blocking thresholds
+SHAPES = [(1, 1, 1, 1), (5, 1, 3, 4), (7, 3, 5, 1), (6, 4, 9, 7), (3, 17, 2, 33), (12, 2, 40, 24), (4, 9, 64, 65)]
+DTYPES = [np.float32, np.float64]
+LSTM_OPTS = [
+    dict(),
+    dict(mask="random"),
+    dict(mask="post", reverse=True),
+    dict(reverse=True),
+    dict(peepholes=True, clip=0.7, input_forget=True),
+    dict(peepholes=True, mask="random", reverse=True),
+    dict(act_specs=[(acts.HARD_SIGMOID, 1 / 6, 0.5), (acts.RELU, 0, 0), (acts.LINEAR, 0, 0)]),
+    dict(act_specs=[(acts.HARD_SIGMOID, 0.2, 0.5), (acts.SOFTSIGN, 0, 0), (acts.ELU, 1.0, 0)]),
+    dict(act_specs=[(acts.LEAKY_RELU, 0.1, 0), (acts.SCALED_TANH, 0.7, 1.3), (acts.SOFTPLUS, 0, 0)]),
+    dict(act_specs=[(acts.THRESHOLDED_RELU, 0.2, 0), (acts.AFFINE, 0.8, 0.1), (acts.SELU, 0, 0)]),
+    dict(act_specs=[(acts.SILU, 0, 0), (acts.GELU, 0, 0), (acts.EXPONENTIAL, 0, 0)], scale=0.3),
+    dict(act_specs=[(acts.RELU6, 0, 0), (acts.HARD_SILU, 0, 0), (acts.TANH, 0, 0)]),
+]
+GRU_OPTS = [
+    dict(),
+    dict(reset_after=False),
+    dict(mask="random"),
+    dict(mask="post", reverse=True, reset_after=False),
+    dict(reverse=True, clip=0.6),
+    dict(act_specs=[(acts.HARD_SIGMOID, 1 / 6, 0.5), (acts.RELU, 0, 0)]),
+    dict(reset_after=False, act_specs=[(acts.HARD_SIGMOID, 0.2, 0.5), (acts.SOFTSIGN, 0, 0)]),
+    dict(act_specs=[(acts.ELU, 1.0, 0), (acts.GELU, 0, 0)], scale=0.3),
+]
+LSTM_FWD_OUT = ("y_out", "hT_out", "cT_out", "gates_out", "cs_out")
+LSTM_BWD_OUT = ("dx_out", "dw_x_out", "dw_h_out", "db_out", "dp_out", "dh0_out", "dc0_out")
+GRU_FWD_OUT = ("y_out", "hT_out", "gates_out")
+GRU_BWD_OUT = ("dx_out", "dw_x_out", "dw_h_out", "db_x_out", "db_h_out", "dh0_out")
+
+
+def _grid(opts):
+    cases = []
+    for k, o in enumerate(opts):
+        for s, shape in enumerate(SHAPES):
+            if (k + s) % 2 == 0 or not o:      # every shape for the defaults, half the shapes per option set
+                cases.append((shape, o))
+    return cases
+
+
+def _compare(ref, out, names, dtype, backend):
+    for n in names:
+        np.testing.assert_allclose(out[n], ref[n], **TOL[dtype], err_msg=f"{backend}: {n}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("shape, opts", _grid(LSTM_OPTS), ids=str)
+@pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
+def test_lstm_matches_reference(backend, dtype, shape, opts, training):
+    k = get_backend(backend)
+    args = lstm_args(*shape, dtype, np.random.default_rng(7), training=training, **opts)
+    ref, out = copy_args(args), copy_args(args)
+    lstm_ref.lstm_forward(*ref.values())
+    k.lstm_forward(*out.values())
+    _compare(ref, out, LSTM_FWD_OUT, dtype, backend)
+    if not training:
+        return
+    bref, bout = lstm_backward_args(ref), lstm_backward_args(out)
+    # accumulating outputs must add to what is there
+    for b in (bref, bout):
+        for n in ("dw_x_out", "dw_h_out", "db_out", "dp_out"):
+            b[n] += 0.5
+    lstm_ref.lstm_backward(*bref.values())
+    k.lstm_backward(*bout.values())
+    _compare(bref, bout, LSTM_BWD_OUT, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("shape, opts", _grid(GRU_OPTS), ids=str)
+@pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
+def test_gru_matches_reference(backend, dtype, shape, opts, training):
+    k = get_backend(backend)
+    args = gru_args(*shape, dtype, np.random.default_rng(7), training=training, **opts)
+    ref, out = copy_args(args), copy_args(args)
+    gru_ref.gru_forward(*ref.values())
+    k.gru_forward(*out.values())
+    _compare(ref, out, GRU_FWD_OUT, dtype, backend)
+    if not training:
+        return
+    bref, bout = gru_backward_args(ref), gru_backward_args(out)
+    for b in (bref, bout):
+        for n in ("dw_x_out", "dw_h_out", "db_x_out", "db_h_out"):
+            b[n] += 0.5
+    gru_ref.gru_backward(*bref.values())
+    k.gru_backward(*bout.values())
+    _compare(bref, bout, GRU_BWD_OUT, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lstm_nan_input_propagates(backend):
+    args = lstm_args(5, 3, 4, 6, np.float32)
+    args["x"][2, 1, 0] = np.nan
+    get_backend(backend).lstm_forward(*args.values())
+    y = args["y_out"]
+    assert np.isnan(y[2:, 1]).all() and np.isfinite(y[:, [0, 2]]).all() and np.isfinite(y[:2, 1]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_split_time_with_carried_state_equals_one_run(backend):
+    k = get_backend(backend)
+    full = lstm_args(10, 3, 4, 5, np.float64)
+    k.lstm_forward(*full.values())
+    first = lstm_args(10, 3, 4, 5, np.float64)
+    a1 = copy_args(first)
+    for n, sl in (("x", slice(0, 4)), ("z_ws", slice(0, 4)), ("y_out", slice(0, 4))):
+        a1[n] = np.ascontiguousarray(first[n][sl])
+    k.lstm_forward(*a1.values())
+    a2 = copy_args(first)
+    for n, sl in (("x", slice(4, 10)), ("z_ws", slice(4, 10)), ("y_out", slice(4, 10))):
+        a2[n] = np.ascontiguousarray(first[n][sl])
+    a2["h0"], a2["c0"] = a1["hT_out"].copy(), a1["cT_out"].copy()
+    k.lstm_forward(*a2.values())
+    np.testing.assert_allclose(np.concatenate([a1["y_out"], a2["y_out"]]), full["y_out"], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_are_independent(backend):
+    k = get_backend(backend)
+    full = gru_args(6, 5, 3, 4, np.float64, mask="random")
+    k.gru_forward(*full.values())
+    for row in range(5):
+        one = copy_args(full)
+        for n in ("x", "z_ws", "hz_ws", "y_out", "mask"):
+            one[n] = np.ascontiguousarray(full[n][:, row:row + 1])
+        for n in ("h0", "hT_out"):
+            one[n] = np.ascontiguousarray(full[n][row:row + 1])
+        k.gru_forward(*one.values())
+        np.testing.assert_allclose(one["y_out"][:, 0], full["y_out"][:, row], rtol=1e-12, atol=1e-13)
+
+
+def test_reverse_equals_flipped_forward():
+    a = lstm_args(7, 2, 3, 4, np.float64, reverse=True)
+    lstm_ref.lstm_forward(*a.values())
+    f = lstm_args(7, 2, 3, 4, np.float64)
+    f["x"] = np.ascontiguousarray(a["x"][::-1])
+    lstm_ref.lstm_forward(*f.values())
+    np.testing.assert_allclose(a["y_out"], f["y_out"][::-1], rtol=1e-12)
