@@ -7,6 +7,7 @@
 built, else numba; a backend asked for by name that is not available raises ImportError.
 """
 import importlib
+import importlib.util
 import types
 
 NAMES = ("reference", "numba", "cython")

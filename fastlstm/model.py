@@ -1,0 +1,328 @@
+"""Model: a graph of layers with Keras's predict/summary/weights API. No math here.
+
+`Model(inputs, outputs)` is the functional model (symbolic tensors from `fastlstm.Input`); `Sequential([...])`
+is a linear stack that builds its graph on first use. The loaders build the same classes.
+"""
+import numpy as np
+
+from .layers.base import Input, Layer, SymbolicTensor, unique_name
+from .layers.core import InputLayer
+
+
+def _topo_nodes(outputs):
+    """Nodes needed for `outputs`, in an order where every node comes after the nodes it reads from."""
+    order, seen = [], set()
+
+    def visit(t):
+        if t.history is None:
+            return
+        node = t.history[0]
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for src in node.tensor_args():
+            visit(src)
+        order.append(node)
+
+    for t in outputs:
+        visit(t)
+    return order
+
+
+class Model:
+    """A functional graph of layers.
+
+    Parameters
+    ----------
+    inputs : SymbolicTensor or list of SymbolicTensor (from `fastlstm.Input`)
+    outputs : SymbolicTensor or list of SymbolicTensor
+    name : str, optional
+    """
+
+    def __init__(self, inputs=None, outputs=None, name=None):
+        self.name = name or unique_name("functional")
+        self.stateful = False
+        if inputs is not None:
+            self._init_graph(inputs, outputs)
+
+    def _init_graph(self, inputs, outputs):
+        self._single_input = not isinstance(inputs, (list, tuple, dict))
+        self._single_output = not isinstance(outputs, (list, tuple, dict))
+        if isinstance(inputs, dict):
+            inputs = list(inputs.values())
+        if isinstance(outputs, dict):
+            outputs = list(outputs.values())
+        self.inputs = [inputs] if self._single_input else list(inputs)
+        self.outputs = [outputs] if self._single_output else list(outputs)
+        for t in self.inputs + self.outputs:
+            if not isinstance(t, SymbolicTensor):
+                raise TypeError(f"Model inputs and outputs must be symbolic tensors (fastlstm.Input / layer calls), "
+                                f"got {type(t).__name__}")
+        self._nodes = _topo_nodes(self.outputs)
+        reachable = {t.id for n in self._nodes for t in n.tensor_args() if t.history is None}
+        missing = [t for t in reachable if t not in {i.id for i in self.inputs}]
+        if missing:
+            raise ValueError(f"model {self.name!r}: the outputs depend on inputs that are not in `inputs`")
+        self.input_names = [t.name for t in self.inputs]
+        self.output_names = [t.name for t in self.outputs]
+        layers, seen = [], set()
+        for t in self.inputs:
+            lyr = getattr(t, "_input_layer", None)
+            if lyr is not None and id(lyr) not in seen:
+                seen.add(id(lyr))
+                layers.append(lyr)
+        for n in self._nodes:
+            if id(n.layer) not in seen:
+                seen.add(id(n.layer))
+                layers.append(n.layer)
+        self.layers = layers
+        self.stateful = any(getattr(lyr, "stateful", False) for lyr in layers)
+        self.built = True
+
+    # ---- running ------------------------------------------------------------------------------------
+    def _normalize_inputs(self, x):
+        """Array / list / dict -> list of arrays in input order, validated against the input specs."""
+        if isinstance(x, dict):
+            missing = [n for n in self.input_names if n not in x]
+            if missing:
+                raise ValueError(f"model {self.name!r}: missing input(s) {missing}; expected keys {self.input_names}, "
+                                 f"got {sorted(x)}")
+            xs = [x[n] for n in self.input_names]
+        elif isinstance(x, (list, tuple)) and len(self.inputs) > 1:
+            xs = list(x)
+        else:
+            xs = [x]
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"model {self.name!r} expects {len(self.inputs)} input(s) {self.input_names}, "
+                             f"got {len(xs)}")
+        out = []
+        for t, a in zip(self.inputs, xs):
+            a = np.asarray(a)
+            if a.dtype.kind not in "fiub":
+                raise TypeError(f"input {t.name!r} must be a numeric array, got dtype {a.dtype}")
+            want = t.shape
+            if a.ndim != len(want):
+                raise ValueError(f"input {t.name!r} expects an array of rank {len(want)} with shape "
+                                 f"{_fmt_shape(want)}, got shape {a.shape}")
+            for k, (w, g) in enumerate(zip(want, a.shape)):
+                if k > 1 and w is not None and w != g:   # batch and time may differ from the built shape
+                    raise ValueError(f"input {t.name!r} expects shape {_fmt_shape(want)}, got {a.shape}")
+            if t.dtype.kind == "f" and a.dtype.kind != "f":
+                a = a.astype(t.dtype)
+            out.append(a)
+        if len({a.shape[0] for a in out}) > 1:
+            raise ValueError(f"model {self.name!r}: all inputs need the same batch size, got "
+                             f"{[a.shape[0] for a in out]}")
+        return out
+
+    def _run_graph(self, xs, training=False):
+        """Evaluate the graph on validated input arrays; returns the list of output arrays."""
+        values = {t.id: (a, None) for t, a in zip(self.inputs, xs)}
+        for node in self._nodes:
+            ins = [values[t.id] for t in node.inputs]
+            arrays = [v for v, _ in ins]
+            masks = [m for _, m in ins]
+            multi = getattr(node, "multi_input", len(arrays) > 1)
+            arg = arrays if multi else arrays[0]
+            mask = masks if multi else masks[0]
+            kwargs = {}
+            for k, v in node.kwargs.items():
+                if k == "mask":
+                    mask = _resolve(v, values, mask_of=False)
+                elif k == "training":
+                    continue
+                else:
+                    kwargs[k] = _resolve(v, values)
+            out = node.layer.call(arg, mask=mask, **kwargs)
+            out_mask = node.layer.compute_mask(arg, mask)
+            outs = out if isinstance(out, list) else [out]
+            out_masks = out_mask if isinstance(out_mask, list) else [out_mask] * len(outs)
+            for t, o, m in zip(node.outputs, outs, out_masks):
+                values[t.id] = (o, m)
+        return [values[t.id][0] for t in self.outputs]
+
+    def __call__(self, x, training=False):
+        return self.predict(x)
+
+    def predict(self, x, batch_size=None, verbose=0):
+        """Run the model.
+
+        Parameters
+        ----------
+        x : array of shape (batch, timesteps, features) or (batch, timesteps) token ids, or a list / dict of
+            arrays (by input name) for several inputs.
+        batch_size : int, optional. Rows per run; default all rows at once.
+
+        Returns
+        -------
+        One array for a one-output model, else a list in `output_names` order.
+        """
+        xs = self._normalize_inputs(x)
+        n = xs[0].shape[0]
+        if batch_size is None or batch_size >= n:
+            outs = self._run_graph(xs)
+        else:
+            batch_size = int(batch_size)
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            parts = [self._run_graph([a[s:s + batch_size] for a in xs]) for s in range(0, n, batch_size)]
+            outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
+        return outs[0] if self._single_output else outs
+
+    # ---- weights and state ------------------------------------------------------------------------
+    def _weighted_layers(self):
+        return [lyr for lyr in self.layers if lyr.weights]
+
+    def get_weights(self):
+        """All weights, Keras model.get_weights() order (layers in order, each layer's weights in order)."""
+        return [w for lyr in self.layers for w in lyr.get_weights()]
+
+    def set_weights(self, weights):
+        """Set all weights from a list in get_weights() order and shapes."""
+        weights = list(weights)
+        expected = sum(len(lyr.weights) for lyr in self.layers)
+        if len(weights) != expected:
+            raise ValueError(f"model {self.name!r} has {expected} weight arrays, got {len(weights)}")
+        k = 0
+        for lyr in self.layers:
+            n = len(lyr.weights)
+            if n:
+                lyr.set_weights(weights[k:k + n])
+                k += n
+
+    @property
+    def weights(self):
+        return [w for lyr in self.layers for w in lyr.weights]
+
+    def count_params(self):
+        return int(sum(w.size for w in self.weights))
+
+    def reset_states(self):
+        """Zero the carried state of every stateful recurrent layer."""
+        for lyr in self.layers:
+            if hasattr(lyr, "reset_states"):
+                lyr.reset_states()
+
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            return self.layers[index]
+        for lyr in self.layers:
+            if lyr.name == name:
+                return lyr
+        raise ValueError(f"no layer named {name!r}; layers: {[lyr.name for lyr in self.layers]}")
+
+    # ---- description -------------------------------------------------------------------------------
+    def summary(self, print_fn=print):
+        """Print a table of layers, output shapes and parameter counts (and return it as a string)."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        for lyr in self.layers:
+            shapes = [_fmt_shape(t.shape) for n in self._nodes if n.layer is lyr for t in n.outputs]
+            if isinstance(lyr, InputLayer):
+                shapes = [_fmt_shape(lyr.batch_shape)]
+            rows.append((f"{lyr.name} ({type(lyr).__name__})", ", ".join(shapes[:3]), f"{lyr.count_params():,}"))
+        widths = [max(len(r[k]) for r in rows) + 2 for k in range(3)]
+        line = "-" * sum(widths)
+        out = [f'Model: "{self.name}"', line]
+        for k, r in enumerate(rows):
+            out.append("".join(c.ljust(w) for c, w in zip(r, widths)))
+            if k == 0:
+                out.append(line)
+        out += [line, f"Total params: {self.count_params():,}", line]
+        text = "\n".join(out)
+        if print_fn:
+            print_fn(text)
+        return text
+
+
+class Sequential(Model):
+    """A linear stack of layers. Without an input shape it builds on its first predict/fit or `build()`.
+
+    Examples
+    --------
+    >>> model = fastlstm.Sequential([fastlstm.layers.Embedding(100, 8), fastlstm.layers.LSTM(16),
+    ...                              fastlstm.layers.Dense(1, activation="sigmoid")])
+    >>> model.predict(np.array([[1, 2, 3]])).shape
+    (1, 1)
+    """
+
+    def __init__(self, layers=None, name=None):
+        super().__init__(name=name or unique_name("sequential"))
+        self._stack = []
+        self.built = False
+        self._input_spec = None
+        self.layers = []
+        self.inputs, self.outputs, self._nodes = [], [], []
+        self.input_names, self.output_names = [], []
+        for lyr in layers or []:
+            self.add(lyr)
+
+    def add(self, layer):
+        if isinstance(layer, SymbolicTensor):  # Sequential([Input(...), ...])
+            self._input_spec = (layer.shape, layer.dtype, layer.name)
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add expects a Layer, got {type(layer).__name__}")
+        if isinstance(layer, InputLayer):
+            self._input_spec = (layer.batch_shape, layer.input_dtype, layer.name)
+            return
+        self._stack.append(layer)
+        self.layers = list(self._stack)
+        self.built = False
+        spec = getattr(layer, "_build_input_shape", None)
+        if self._input_spec is None and len(self._stack) == 1 and spec is not None:
+            self._input_spec = (spec, None, None)
+        if self._input_spec is not None:
+            self.build(self._input_spec[0])
+
+    def build(self, input_shape=None):
+        """Build the graph for inputs of `input_shape` (batch first; None for unknown dims)."""
+        if input_shape is None:
+            if self._input_spec is None:
+                raise ValueError(f"model {self.name!r} needs an input shape: pass input_shape to build(), "
+                                 f"give the first layer input_shape=..., or call predict/fit")
+            input_shape = self._input_spec[0]
+        input_shape = tuple(input_shape)
+        dtype = self._input_spec[1] if self._input_spec and self._input_spec[1] is not None else None
+        if dtype is None:
+            from .layers.core import Embedding
+            dtype = "int32" if self._stack and isinstance(self._stack[0], Embedding) else "float32"
+        name = self._input_spec[2] if self._input_spec and self._input_spec[2] else unique_name("input_layer")
+        t = Input(batch_shape=input_shape, dtype=dtype, name=name)
+        x = t
+        for lyr in self._stack:
+            x = lyr(x)
+            if isinstance(x, list):
+                raise ValueError(f"layer {lyr.name!r} returns several tensors; use the functional Model instead "
+                                 f"of Sequential")
+        self._input_spec = (input_shape, np.dtype(dtype), name)
+        self._init_graph(t, x)
+        self.layers = list(self._stack)
+        self.output_names = [self._stack[-1].name] if self._stack else []
+
+    def _normalize_inputs(self, x):
+        if not self.built:
+            a = np.asarray(x[0] if isinstance(x, (list, tuple)) and not isinstance(x, np.ndarray) else x)
+            self.build((None,) * (a.ndim - 1) + (a.shape[-1],) if a.ndim >= 3 else (None,) * a.ndim)
+        return super()._normalize_inputs(x)
+
+    def pop(self):
+        self._stack.pop()
+        self.layers = list(self._stack)
+        self.built = False
+        if self._input_spec is not None and self._stack:
+            self.build(self._input_spec[0])
+
+
+def _resolve(v, values, mask_of=False):
+    if isinstance(v, SymbolicTensor):
+        return values[v.id][0]
+    if isinstance(v, (list, tuple)):
+        return [_resolve(e, values) for e in v]
+    return v
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+__all__ = ["Model", "Sequential", "Input"]
