@@ -5,7 +5,7 @@ and a thin Keras-like model class. See design.md for the API contract.
 """
 __version__ = "0.1.0"
 
-from . import layers  # noqa: E402
+from . import config, layers  # noqa: E402
 from .backend import get_backend, info, set_backend, set_num_threads  # noqa: E402
 from .errors import ModelLoadError  # noqa: E402
 from .initializers import set_random_seed  # noqa: E402

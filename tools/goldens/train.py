@@ -117,27 +117,30 @@ def _case_specs():
     lstm_bce("lstm_bce_adam_clipvalue", "Adam", {"learning_rate": 0.01, "clipvalue": 0.01}, True,
              "Adam lr 0.01 + clipvalue 0.01: elementwise clip of every gradient", extra_features=["clipvalue"])
 
-    # masked: Embedding(mask_zero) with pre-padded rows
-    V, E, H, T, B, N = 50, 8, 8, 12, 4, 4
+    def masked():
+        """Embedding(mask_zero=True) with pre-padded rows."""
+        V, E, H, T, B, N = 50, 8, 8, 12, 4, 4
 
-    def make_masked(keras):
-        return keras.Sequential([keras.Input((T,), dtype="int32", name="tokens"),
-                                 keras.layers.Embedding(V, E, mask_zero=True, name="embedding"),
-                                 keras.layers.LSTM(H, name="lstm"),
-                                 keras.layers.Dense(1, activation="sigmoid", name="dense")],
-                                name="lstm_masked_bce_adam")
+        def make_masked(keras):
+            return keras.Sequential([keras.Input((T,), dtype="int32", name="tokens"),
+                                     keras.layers.Embedding(V, E, mask_zero=True, name="embedding"),
+                                     keras.layers.LSTM(H, name="lstm"),
+                                     keras.layers.Dense(1, activation="sigmoid", name="dense")],
+                                    name="lstm_masked_bce_adam")
 
-    def data_masked(rng):
-        x = _prepadded_tokens(rng, N, B, T, V, min_len=4)
-        return x, rng.integers(0, 2, size=(N * B, 1)).astype(np.float32)
+        def data_masked(rng):
+            x = _prepadded_tokens(rng, N, B, T, V, min_len=4)
+            return x, rng.integers(0, 2, size=(N * B, 1)).astype(np.float32)
 
-    specs.append(dict(name="lstm_masked_bce_adam", make=make_masked, data=data_masked, batch_size=B, steps=N,
-                      opt=("Adam", {"learning_rate": 0.01}), loss=("binary_crossentropy", {}), metrics=[],
-                      description="Embedding(mask_zero=True)+LSTM+Dense(sigmoid), pre-padded rows of lengths 4..12, "
-                                  "BCE, Adam lr 0.01: masked steps carry (h, c) and get no gradient; row 0 of the "
-                                  "embedding gets a zero gradient (its Adam moments stay 0)",
-                      features=["embedding", "mask_zero", "pre_padding", "lstm", "dense:sigmoid", "int_input",
-                                "distinct_tokens_per_batch"]))
+        specs.append(dict(name="lstm_masked_bce_adam", make=make_masked, data=data_masked, batch_size=B, steps=N,
+                          opt=("Adam", {"learning_rate": 0.01}), loss=("binary_crossentropy", {}), metrics=[],
+                          description="Embedding(mask_zero=True)+LSTM+Dense(sigmoid), pre-padded rows of lengths 4..12, "
+                                      "BCE, Adam lr 0.01: masked steps carry (h, c) and get no gradient; row 0 of the "
+                                      "embedding gets a zero gradient (its Adam moments stay 0)",
+                          features=["embedding", "mask_zero", "pre_padding", "lstm", "dense:sigmoid", "int_input",
+                                    "distinct_tokens_per_batch"]))
+
+    masked()
 
     # GRU + softmax, sparse categorical crossentropy
     def gru_sce(name, reset_after, opt, distinct, description, metrics=()):
@@ -167,28 +170,31 @@ def _case_specs():
     gru_sce("gru_resetbefore_sce_sgd", False, ("SGD", {"learning_rate": 0.1}), False,
             "Embedding+GRU(reset_after=False, bias (3H,))+Dense(5, softmax), sparse CCE, SGD lr 0.1")
 
-    # Bidirectional LSTM (return_sequences) + LSTM + softmax, one-hot CCE
-    V, E, H1, H2, T, B, N, C = 50, 6, 6, 8, 10, 4, 3, 4
+    def bidirectional():
+        """Bidirectional LSTM (return_sequences) + LSTM + softmax, one-hot CCE."""
+        V, E, H1, H2, T, B, N, C = 50, 6, 6, 8, 10, 4, 3, 4
 
-    def make_bi(keras):
-        return keras.Sequential([keras.Input((T,), dtype="int32", name="tokens"),
-                                 keras.layers.Embedding(V, E, name="embedding"),
-                                 keras.layers.Bidirectional(keras.layers.LSTM(H1, return_sequences=True),
-                                                            name="bidirectional"),
-                                 keras.layers.LSTM(H2, name="lstm"),
-                                 keras.layers.Dense(C, activation="softmax", name="dense")], name="bilstm_lstm_cce_adam")
+        def make_bi(keras):
+            return keras.Sequential([keras.Input((T,), dtype="int32", name="tokens"),
+                                     keras.layers.Embedding(V, E, name="embedding"),
+                                     keras.layers.Bidirectional(keras.layers.LSTM(H1, return_sequences=True),
+                                                                name="bidirectional"),
+                                     keras.layers.LSTM(H2, name="lstm"),
+                                     keras.layers.Dense(C, activation="softmax", name="dense")], name="bilstm_lstm_cce_adam")
 
-    def data_bi(rng):
-        x = _tokens(rng, N, B, T, V, True)
-        y = np.eye(C, dtype=np.float32)[rng.integers(0, C, size=N * B)]
-        return x, y
+        def data_bi(rng):
+            x = _tokens(rng, N, B, T, V, True)
+            y = np.eye(C, dtype=np.float32)[rng.integers(0, C, size=N * B)]
+            return x, y
 
-    specs.append(dict(name="bilstm_lstm_cce_adam", make=make_bi, data=data_bi, batch_size=B, steps=N,
-                      opt=("Adam", {}), loss=("categorical_crossentropy", {}), metrics=[],
-                      description="Embedding+Bidirectional(LSTM(6, return_sequences=True), concat)+LSTM(8)+"
-                                  "Dense(4, softmax), categorical CCE on one-hot y, Adam defaults",
-                      features=["embedding", "bidirectional", "merge:concat", "return_sequences", "stacked", "lstm",
-                                "dense:softmax", "int_input", "onehot_labels", "distinct_tokens_per_batch"]))
+        specs.append(dict(name="bilstm_lstm_cce_adam", make=make_bi, data=data_bi, batch_size=B, steps=N,
+                          opt=("Adam", {}), loss=("categorical_crossentropy", {}), metrics=[],
+                          description="Embedding+Bidirectional(LSTM(6, return_sequences=True), concat)+LSTM(8)+"
+                                      "Dense(4, softmax), categorical CCE on one-hot y, Adam defaults",
+                          features=["embedding", "bidirectional", "merge:concat", "return_sequences", "stacked", "lstm",
+                                    "dense:softmax", "int_input", "onehot_labels", "distinct_tokens_per_batch"]))
+
+    bidirectional()
 
     # float time series, two stacked LSTMs, regression
     def ts(name, loss, opt, description):
@@ -215,30 +221,34 @@ def _case_specs():
     ts("ts_lstm2_mae_sgd", "mean_absolute_error", ("SGD", {"learning_rate": 0.1}),
        "same model, MAE (gradient sign(pred-y)/B), SGD lr 0.1")
 
-    # stacked GRU + TimeDistributed(Dense linear), per-timestep sparse CCE from logits
-    V, E, H, T, B, N = 30, 8, 8, 6, 4, 5
+    def timedistributed():
+        """Stacked GRU + TimeDistributed(Dense linear), per-timestep sparse CCE from logits."""
+        V, E, H, T, B, N = 30, 8, 8, 6, 4, 5
 
-    def make_td(keras):
-        return keras.Sequential([keras.Input((T,), dtype="int32", name="tokens"),
-                                 keras.layers.Embedding(V, E, name="embedding"),
-                                 keras.layers.GRU(H, return_sequences=True, name="gru"),
-                                 keras.layers.GRU(H, return_sequences=True, name="gru_1"),
-                                 keras.layers.TimeDistributed(keras.layers.Dense(V), name="time_distributed")],
-                                name="gru2_td_sce_logits_sgd")
+        def make_td(keras):
+            return keras.Sequential([keras.Input((T,), dtype="int32", name="tokens"),
+                                     keras.layers.Embedding(V, E, name="embedding"),
+                                     keras.layers.GRU(H, return_sequences=True, name="gru"),
+                                     keras.layers.GRU(H, return_sequences=True, name="gru_1"),
+                                     keras.layers.TimeDistributed(keras.layers.Dense(V), name="time_distributed")],
+                                    name="gru2_td_sce_logits_sgd")
 
-    def data_td(rng):
-        x = _tokens(rng, N, B, T, V, False)
-        y = np.concatenate([x[:, 1:], rng.integers(0, V, size=(N * B, 1))], axis=1).astype(np.int32)
-        return x, y
+        def data_td(rng):
+            x = _tokens(rng, N, B, T, V, False)
+            y = np.concatenate([x[:, 1:], rng.integers(0, V, size=(N * B, 1))], axis=1).astype(np.int32)
+            return x, y
 
-    specs.append(dict(name="gru2_td_sce_logits_sgd", make=make_td, data=data_td, batch_size=B, steps=N,
-                      opt=("SGD", {"learning_rate": 0.5}),
-                      loss=("sparse_categorical_crossentropy", {"from_logits": True}), metrics=[],
-                      description="Embedding+GRU(rs)+GRU(rs)+TimeDistributed(Dense(30) linear), next-token ids (B, T), "
-                                  "sparse CCE from_logits=True averaged over all B*T positions, SGD lr 0.5",
-                      features=["embedding", "gru", "stacked", "return_sequences", "time_distributed",
-                                "dense:linear", "int_input", "sparse_labels", "per_timestep_loss", "from_logits",
-                                "repeated_tokens"]))
+        specs.append(dict(name="gru2_td_sce_logits_sgd", make=make_td, data=data_td, batch_size=B, steps=N,
+                          opt=("SGD", {"learning_rate": 0.5}),
+                          loss=("sparse_categorical_crossentropy", {"from_logits": True}), metrics=[],
+                          description="Embedding+GRU(rs)+GRU(rs)+TimeDistributed(Dense(30) linear), next-token ids (B, T), "
+                                      "sparse CCE from_logits=True averaged over all B*T positions, SGD lr 0.5",
+                          features=["embedding", "gru", "stacked", "return_sequences", "time_distributed",
+                                    "dense:linear", "int_input", "sparse_labels", "per_timestep_loss", "from_logits",
+                                    "repeated_tokens"]))
+
+    timedistributed()
+
     return specs
 
 
@@ -384,6 +394,23 @@ def _numpy_trajectory(cfg, cls, w0, grads):
     return out
 
 
+def _clip_activity(cfg, grads):
+    """How much the case's clipping option actually bites, per step (a fixture where nothing is clipped tests
+    nothing)."""
+    if cfg.get("clipnorm"):
+        return {"per_variable_grad_norms_clipped_per_step":
+                [int(sum(np.sqrt((g.astype(np.float64) ** 2).sum()) > cfg["clipnorm"] for g in gs)) for gs in grads],
+                "n_variables": len(grads[0])}
+    if cfg.get("global_clipnorm"):
+        return {"global_grad_norm_per_step":
+                [float(np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in gs))) for gs in grads]}
+    if cfg.get("clipvalue"):
+        return {"fraction_of_gradient_entries_clipped_per_step":
+                [float(sum((np.abs(g) > cfg["clipvalue"]).sum() for g in gs) / sum(g.size for g in gs))
+                 for gs in grads]}
+    return None
+
+
 def _max_diff(a_list, b_list):
     return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
                for a, b in zip(a_list, b_list))
@@ -464,6 +491,12 @@ def build(out, name_filter=""):
             "optimizer_rule_check_max_abs_diff": _traj_diff(weights[1:], rule_w),
             "optimizer_rule_check_tolerance_fraction": _rel_traj_diff(rule_w, weights[1:]),
         }
+        clip = _clip_activity(opt_cfg, grads)
+        if clip:
+            checks["clipping"] = clip
+        if "mask_zero" in spec["features"]:
+            checks["masked_embedding_row0_grad_max_abs"] = max(float(np.abs(g[0][0]).max()) for g in grads)
+            assert checks["masked_embedding_row0_grad_max_abs"] == 0.0
         assert checks["determinism_max_abs_diff"] == 0.0, (name, checks)
         assert checks["fit_check"]["weights_max_abs_diff"] < 1e-6, (name, checks)
         assert checks["fit_check"]["fit_batch_logs_loss_vs_running_mean_of_train_on_batch_max_abs_diff"] < 1e-5

@@ -1,0 +1,56 @@
+"""Row-major sgemm/dgemm and sgemv/dgemv over scipy.linalg.cython_blas (declared in _blas.pxd).
+
+    gemm:  C (m, n) := alpha * op(A) @ op(B) + beta * C      op(A) (m, k), op(B) (k, n), row-major
+    gemv:  y := alpha * op(A) @ x + beta * y                 A (m, n) row-major; y (m,) or (n,) when TRANS
+
+Row-major C = op(A) @ op(B) has the memory of column-major C^T = op(B)^T @ op(A)^T, so the Fortran
+routine gets B first and m, n swapped; a row-major A (m, n) is a column-major (n, m) matrix, so gemv
+flips the transpose flag. Leading dimensions are row strides in elements, as in row-major C.
+"""
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+
+cdef void gemm(Trans ta, Trans tb, int m, int n, int k, floating alpha, const floating* a, int lda,
+               const floating* b, int ldb, floating beta, floating* c, int ldc) noexcept nogil:
+    """C := alpha * op(A) @ op(B) + beta * C   (row-major)"""
+    cdef char ta_f = b't' if ta == TRANS else b'n'
+    cdef char tb_f = b't' if tb == TRANS else b'n'
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemm(&tb_f, &ta_f, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb_f, &ta_f, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef void gemv(Trans ta, int m, int n, floating alpha, const floating* a, int lda, const floating* x,
+               floating beta, floating* y) noexcept nogil:
+    """y := alpha * op(A) @ x + beta * y   (A (m, n) row-major)"""
+    # column-major view of A is (n, m): NO_TRANS here is 't' there and the other way round
+    cdef char t_f = b'n' if ta == TRANS else b't'
+    cdef int one = 1
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemv(&t_f, &n, &m, &alpha, <float*>a, &lda, <float*>x, &one, &beta, y, &one)
+    else:
+        dgemv(&t_f, &n, &m, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)
+
+
+def gemm_check(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    """c := alpha * op(a) @ op(b) + beta * c in place through the row-major wrapper (for tests only).
+
+    a, b, c are C-contiguous 2-D float32 or float64 arrays of one dtype; returns c.
+    """
+    import numpy as np
+    _gemm_check(np.ascontiguousarray(a), np.ascontiguousarray(b), c, alpha, beta, trans_a, trans_b)
+    return c
+
+
+def _gemm_check(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c, double alpha,
+                double beta, bint trans_a, bint trans_b):
+    cdef int m = c.shape[0], n = c.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    with nogil:
+        gemm(TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k, <floating>alpha,
+             &a[0, 0], a.shape[1], &b[0, 0], b.shape[1], <floating>beta, &c[0, 0], c.shape[1])

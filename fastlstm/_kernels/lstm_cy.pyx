@@ -1,0 +1,427 @@
+"""LSTM forward and backward in Cython: float32/float64 (fused), GIL released, BLAS from scipy.
+
+Same contract as lstm_ref (read its docstrings). Layout time-major, C-contiguous, gate order i, f, g, o:
+    x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
+One valid step (a_f, a_g, a_h the activations given by code; peepholes and clip optional):
+    z = x_t @ w_x + h_prev @ w_h + b;   z_i += p_i * c_prev;  z_f += p_f * c_prev;  clip z_i, z_f, z_g
+    i = a_f(z_i);  f = a_f(z_f) (input_forget: 1 - i);  g = a_g(z_g);  c = f * c_prev + i * g
+    z_o += p_o * c;  clip z_o;  o = a_f(z_o);  h = o * a_h(c)
+Backward, per step in reverse processing order (dh += dy[t] first; masked rows pass dh, dc through):
+    dz_o = dh * a_h(c) * a_f'(z_o);  dc_t = dc + dh * o * a_h'(c) + p_o * dz_o
+    dz_i = dc_t * g * a_f'(z_i);  dz_f = dc_t * c_prev * a_f'(z_f);  dz_g = dc_t * i * a_g'(z_g)
+    dc_prev = dc_t * f + p_i * dz_i + p_f * dz_f;   dh_prev = dz @ w_h^T
+Compute shape: one GEMM (T*B, I) @ (I, 4H) into z_ws (pre-filled with b), per step one (B, H) @ (H, 4H)
+GEMM (a GEMV when B == 1) into z_ws[t] and one fused gate pass per row. Backward: per step the gate pass
+and dh_prev = dz @ w_h^T; dw_x, dx and dw_h as single GEMMs over all T*B rows at the end.
+
+Two gate passes: the default activations (sigmoid, tanh, tanh) without peepholes, clip or input_forget
+take one fused loop per row that gcc vectorises; anything else takes the general pass, which works on
+CH-column chunks in stack buffers and switches on the activation codes once per chunk.
+Running state: h_prev is y_out[t_prev] (or h0); c lives in cs_out[t] when training, else in cT_out,
+updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Nothing is allocated.
+"""
+from libc.string cimport memcpy, memset
+from cython cimport floating
+
+from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
+                                     sigmoid_fast, tanh_fast)
+from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, gemv
+
+cdef enum:
+    CH = 64          # columns per chunk in the general gate pass
+
+
+cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    memcpy(dst, src, n * sizeof(floating))
+
+
+cdef inline Py_ssize_t _step(Py_ssize_t k, Py_ssize_t T, bint reverse) noexcept nogil:
+    """time index of the k-th processed step"""
+    return T - 1 - k if reverse else k
+
+
+# ---------------------------------------------------------------------------------------------------------
+# forward gate passes, one batch row each: z (4H,) holds the pre-activations of the row
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _fwd_row_fast(const floating* z, const floating* c_prev, floating* c_out, floating* h_out,
+                        Py_ssize_t H) noexcept nogil:
+    # i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g);  c = f * c_prev + i * g;  h = o * tanh(c)
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, c
+    for j in range(H):
+        i = sigmoid_fast(z[j])
+        f = sigmoid_fast(z[H + j])
+        g = tanh_fast(z[2 * H + j])
+        o = sigmoid_fast(z[3 * H + j])
+        c = f * c_prev[j] + i * g
+        c_out[j] = c
+        h_out[j] = o * tanh_fast(c)
+
+
+cdef void _fwd_row_fast_train(const floating* z, const floating* c_prev, floating* c_out, floating* h_out,
+                              floating* gates, Py_ssize_t H) noexcept nogil:
+    # the same, also storing the activated gates i, f, g, o
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, c
+    for j in range(H):
+        i = sigmoid_fast(z[j])
+        f = sigmoid_fast(z[H + j])
+        g = tanh_fast(z[2 * H + j])
+        o = sigmoid_fast(z[3 * H + j])
+        c = f * c_prev[j] + i * g
+        gates[j] = i
+        gates[H + j] = f
+        gates[2 * H + j] = g
+        gates[3 * H + j] = o
+        c_out[j] = c
+        h_out[j] = o * tanh_fast(c)
+
+
+cdef void _fwd_row_general(floating* z, const floating* c_prev, const floating* h_prev, floating* c_out,
+                           floating* h_out, floating* gates, const floating* p, bint valid, const int* codes,
+                           const double* ab, floating clip, bint input_forget, Py_ssize_t H) noexcept nogil:
+    """Any activations, peepholes (p != NULL), clip (> 0), input_forget; gates may be NULL (inference).
+    z is updated in place to the final pre-activations. A masked row (not valid) still computes its gates
+    (the reference stores them) but keeps h_prev, c_prev. c_out may be c_prev."""
+    cdef floating ai[CH]
+    cdef floating af[CH]
+    cdef floating ag[CH]
+    cdef floating ao[CH]
+    cdef floating cn[CH]
+    cdef floating ah[CH]
+    cdef floating *zi
+    cdef floating *zf
+    cdef floating *zg
+    cdef floating *zo
+    cdef const floating *cp
+    cdef Py_ssize_t j0, j, n
+    for j0 in range(0, H, CH):
+        n = H - j0 if H - j0 < CH else CH
+        zi = z + j0
+        zf = z + H + j0
+        zg = z + 2 * H + j0
+        zo = z + 3 * H + j0
+        cp = c_prev + j0
+        if p != NULL:
+            # z_i += p_i * c_prev;  z_f += p_f * c_prev
+            for j in range(n):
+                zi[j] += p[j0 + j] * cp[j]
+                zf[j] += p[H + j0 + j] * cp[j]
+        if clip > 0:
+            clip_inplace(zi, n, clip)
+            clip_inplace(zf, n, clip)
+            clip_inplace(zg, n, clip)
+        apply_act(codes[0], ab[0], ab[1], zi, ai, n)
+        if input_forget:
+            for j in range(n):
+                af[j] = 1 - ai[j]
+        else:
+            apply_act(codes[0], ab[0], ab[1], zf, af, n)
+        apply_act(codes[1], ab[2], ab[3], zg, ag, n)
+        # c = f * c_prev + i * g
+        for j in range(n):
+            cn[j] = af[j] * cp[j] + ai[j] * ag[j]
+        if p != NULL:
+            # z_o += p_o * c   (the new cell)
+            for j in range(n):
+                zo[j] += p[2 * H + j0 + j] * cn[j]
+        if clip > 0:
+            clip_inplace(zo, n, clip)
+        apply_act(codes[0], ab[0], ab[1], zo, ao, n)
+        if gates != NULL:
+            _copy(gates + j0, ai, n)
+            _copy(gates + H + j0, af, n)
+            _copy(gates + 2 * H + j0, ag, n)
+            _copy(gates + 3 * H + j0, ao, n)
+        if valid:
+            # h = o * a_h(c)
+            apply_act(codes[2], ab[4], ab[5], cn, ah, n)
+            for j in range(n):
+                h_out[j0 + j] = ao[j] * ah[j]
+                c_out[j0 + j] = cn[j]
+        else:
+            _copy(h_out + j0, h_prev + j0, n)
+            if c_out != c_prev:
+                _copy(c_out + j0, cp, n)
+
+
+cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* w_h, const floating* b,
+                        const floating* p, const floating* h0, const floating* c0, const unsigned char* mask,
+                        const int* codes, const double* ab, floating clip, bint input_forget, bint reverse,
+                        floating* z_ws, floating* y, floating* hT, floating* cT, floating* gates_out,
+                        floating* cs_out, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, r, k, t, bi
+    cdef bint training = gates_out != NULL, valid
+    cdef bint fast = (codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH and p == NULL
+                      and clip <= 0 and not input_forget)
+    cdef const floating *h_prev = h0
+    cdef const floating *c_prev = c0
+    cdef floating *zt
+    cdef floating *yt
+    cdef floating *ct
+    cdef floating *gt = NULL
+    # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
+    for r in range(T * B):
+        _copy(z_ws + r * G, b, G)
+    gemm(NO_TRANS, NO_TRANS, <int>(T * B), <int>G, <int>I, <floating>1, x, <int>I, w_x, <int>G,
+         <floating>1, z_ws, <int>G)
+    if not training:
+        _copy(cT, c0, B * H)          # the running cell state, updated in place
+        c_prev = cT
+    for k in range(T):
+        t = _step(k, T, reverse)
+        zt = z_ws + t * B * G
+        yt = y + t * B * H
+        if training:
+            ct = cs_out + t * B * H
+            gt = gates_out + t * B * G
+        else:
+            ct = cT
+        if B == 1:
+            # z_ws[t] += w_h^T @ h_prev   (z_t += h_prev @ w_h as a matrix-vector product)
+            gemv(TRANS, <int>H, <int>G, <floating>1, w_h, <int>G, h_prev, <floating>1, zt)
+        else:
+            # z_ws[t] += h_prev @ w_h
+            gemm(NO_TRANS, NO_TRANS, <int>B, <int>G, <int>H, <floating>1, h_prev, <int>H, w_h, <int>G,
+                 <floating>1, zt, <int>G)
+        for bi in range(B):
+            valid = mask == NULL or mask[t * B + bi] != 0
+            if fast and valid:
+                if training:
+                    _fwd_row_fast_train(zt + bi * G, c_prev + bi * H, ct + bi * H, yt + bi * H, gt + bi * G, H)
+                else:
+                    _fwd_row_fast(zt + bi * G, c_prev + bi * H, ct + bi * H, yt + bi * H, H)
+            elif not valid and not training:
+                # a masked row keeps its state (c is already in place)
+                _copy(yt + bi * H, h_prev + bi * H, H)
+            else:
+                _fwd_row_general(zt + bi * G, c_prev + bi * H, h_prev + bi * H, ct + bi * H, yt + bi * H,
+                                 gt + bi * G if training else NULL, p, valid, codes, ab, clip, input_forget, H)
+        h_prev = yt
+        c_prev = ct
+    _copy(hT, h_prev, B * H)
+    if training:
+        _copy(cT, c_prev, B * H)
+
+
+def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
+                 const floating[::1] b, const floating[:, ::1] p, const floating[:, ::1] h0,
+                 const floating[:, ::1] c0, const unsigned char[:, ::1] mask, const int[::1] act_codes,
+                 const double[:, ::1] act_ab, double clip, bint input_forget, bint reverse,
+                 floating[:, :, ::1] z_ws, floating[:, :, ::1] y_out, floating[:, ::1] hT_out,
+                 floating[:, ::1] cT_out, floating[:, :, ::1] gates_out, floating[:, :, ::1] cs_out):
+    """LSTM over T steps. Same contract as lstm_ref.lstm_forward.
+    IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
+    SCRATCH z_ws (T, B, 4H)
+    OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) | (0, 0, 0)
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0]
+    cdef bint training = gates_out.shape[0] > 0
+    cdef const floating *p_ptr = &p[0, 0] if p.shape[0] > 0 else NULL
+    cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
+    cdef floating *g_ptr = &gates_out[0, 0, 0] if training else NULL
+    cdef floating *cs_ptr = &cs_out[0, 0, 0] if training else NULL
+    if T == 0:
+        hT_out[...] = h0
+        cT_out[...] = c0
+        return
+    with nogil:
+        _lstm_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b[0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr,
+                      &act_codes[0], &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0],
+                      &y_out[0, 0, 0], &hT_out[0, 0], &cT_out[0, 0], g_ptr, cs_ptr, T, B, I, H)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backward gate passes, one valid batch row each: write dz (4H,), update dc in place, zero dh (the GEMM
+# dh += dz @ w_h^T that follows fills it), accumulate db
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _bwd_row_fast(const floating* gates, const floating* c, const floating* c_prev, floating* dh,
+                        floating* dc, floating* dz, floating* db, Py_ssize_t H) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, ac, d, dct, dzi, dzf, dzg, dzo
+    for j in range(H):
+        i = gates[j]
+        f = gates[H + j]
+        g = gates[2 * H + j]
+        o = gates[3 * H + j]
+        d = dh[j]
+        ac = tanh_fast(c[j])
+        # h = o * tanh(c):  dz_o = dh * tanh(c) * o (1 - o);  dc_t = dc + dh * o * (1 - tanh(c)^2)
+        dzo = d * ac * o * (1 - o)
+        dct = dc[j] + d * o * (1 - ac * ac)
+        # c = f * c_prev + i * g
+        dzi = dct * g * i * (1 - i)
+        dzf = dct * c_prev[j] * f * (1 - f)
+        dzg = dct * i * (1 - g * g)
+        dc[j] = dct * f
+        dh[j] = 0
+        dz[j] = dzi
+        dz[H + j] = dzf
+        dz[2 * H + j] = dzg
+        dz[3 * H + j] = dzo
+        db[j] += dzi
+        db[H + j] += dzf
+        db[2 * H + j] += dzg
+        db[3 * H + j] += dzo
+
+
+cdef void _bwd_row_general(const floating* z, const floating* gates, const floating* c, const floating* c_prev,
+                           floating* dh, floating* dc, floating* dz, floating* db, const floating* p,
+                           floating* dp, const int* codes, const double* ab, floating clip, bint input_forget,
+                           Py_ssize_t H) noexcept nogil:
+    cdef floating ac[CH]
+    cdef floating dah[CH]
+    cdef floating dct[CH]
+    cdef floating *dzi
+    cdef floating *dzf
+    cdef floating *dzg
+    cdef floating *dzo
+    cdef const floating *gi
+    cdef const floating *gf
+    cdef const floating *gg
+    cdef const floating *go
+    cdef const floating *cp
+    cdef const floating *cc
+    cdef Py_ssize_t j0, j, n
+    for j0 in range(0, H, CH):
+        n = H - j0 if H - j0 < CH else CH
+        gi, gf, gg, go = gates + j0, gates + H + j0, gates + 2 * H + j0, gates + 3 * H + j0
+        dzi, dzf, dzg, dzo = dz + j0, dz + H + j0, dz + 2 * H + j0, dz + 3 * H + j0
+        cp = c_prev + j0
+        cc = c + j0
+        # h = o * a_h(c):  dz_o = dh * a_h(c) * a_f'(z_o);  dc_t = dc + dh * o * a_h'(c) (+ p_o * dz_o)
+        apply_act(codes[2], ab[4], ab[5], cc, ac, n)
+        apply_dact(codes[2], ab[4], ab[5], cc, ac, dah, n)
+        apply_dact(codes[0], ab[0], ab[1], z + 3 * H + j0, go, dzo, n)
+        for j in range(n):
+            dzo[j] = dh[j0 + j] * ac[j] * dzo[j]
+        if clip > 0:
+            clip_grad(dzo, z + 3 * H + j0, n, clip)
+        for j in range(n):
+            dct[j] = dc[j0 + j] + dh[j0 + j] * go[j] * dah[j]
+        if p != NULL:
+            for j in range(n):
+                dct[j] += dzo[j] * p[2 * H + j0 + j]
+        # c = f * c_prev + i * g  (input_forget: f = 1 - i, so dz_f = 0 and di -= df)
+        apply_dact(codes[0], ab[0], ab[1], z + j0, gi, dzi, n)
+        apply_dact(codes[1], ab[2], ab[3], z + 2 * H + j0, gg, dzg, n)
+        if input_forget:
+            for j in range(n):
+                dzi[j] = (dct[j] * gg[j] - dct[j] * cp[j]) * dzi[j]
+                dzf[j] = 0
+        else:
+            apply_dact(codes[0], ab[0], ab[1], z + H + j0, gf, dzf, n)
+            for j in range(n):
+                dzi[j] = dct[j] * gg[j] * dzi[j]
+                dzf[j] = dct[j] * cp[j] * dzf[j]
+        for j in range(n):
+            dzg[j] = dct[j] * gi[j] * dzg[j]
+        if clip > 0:
+            clip_grad(dzi, z + j0, n, clip)
+            clip_grad(dzf, z + H + j0, n, clip)
+            clip_grad(dzg, z + 2 * H + j0, n, clip)
+        # dc_prev = dc_t * f (+ p_i * dz_i + p_f * dz_f);  dp += (dz_i c_prev, dz_f c_prev, dz_o c)
+        for j in range(n):
+            dc[j0 + j] = dct[j] * gf[j]
+            dh[j0 + j] = 0
+        if p != NULL:
+            for j in range(n):
+                dc[j0 + j] += dzi[j] * p[j0 + j] + dzf[j] * p[H + j0 + j]
+                dp[j0 + j] += dzi[j] * cp[j]
+                dp[H + j0 + j] += dzf[j] * cp[j]
+                dp[2 * H + j0 + j] += dzo[j] * cc[j]
+    for j in range(4 * H):
+        db[j] += dz[j]
+
+
+cdef void _lstm_backward(const floating* x, const floating* w_x, const floating* w_h, const floating* p,
+                         const floating* h0, const floating* c0, const unsigned char* mask, const int* codes,
+                         const double* ab, floating clip, bint input_forget, bint reverse, const floating* z_ws,
+                         const floating* gates, const floating* cs, const floating* y, const floating* dy,
+                         floating* dz_ws, floating* dx, floating* dw_x, floating* dw_h, floating* db,
+                         floating* dp, floating* dh, floating* dc, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                         Py_ssize_t H) noexcept nogil:
+    """dh, dc hold dhT, dcT on entry and dh0, dc0 on return."""
+    cdef Py_ssize_t G = 4 * H, k, t, bi, e, row, first
+    cdef bint fast = (codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH and p == NULL
+                      and clip <= 0 and not input_forget)
+    cdef const floating *c_prev
+    cdef floating *dzt
+    for k in range(T - 1, -1, -1):
+        t = _step(k, T, reverse)
+        c_prev = cs + _step(k - 1, T, reverse) * B * H if k > 0 else c0
+        dzt = dz_ws + t * B * G
+        # dh += dy[t]
+        for e in range(B * H):
+            dh[e] += dy[t * B * H + e]
+        for bi in range(B):
+            row = t * B + bi
+            if mask != NULL and mask[row] == 0:
+                memset(dzt + bi * G, 0, G * sizeof(floating))      # dh, dc pass through
+            elif fast:
+                _bwd_row_fast(gates + row * G, cs + row * H, c_prev + bi * H, dh + bi * H, dc + bi * H,
+                              dzt + bi * G, db, H)
+            else:
+                _bwd_row_general(z_ws + row * G, gates + row * G, cs + row * H, c_prev + bi * H, dh + bi * H,
+                                 dc + bi * H, dzt + bi * G, db, p, dp, codes, ab, clip, input_forget, H)
+        if B == 1:
+            # dh += w_h @ dz_t   (dh_prev = dz @ w_h^T; dh was zeroed on valid rows)
+            gemv(NO_TRANS, <int>H, <int>G, <floating>1, w_h, <int>G, dzt, <floating>1, dh)
+        else:
+            # dh += dz_t @ w_h^T   (valid rows were zeroed: dh_prev = dz @ w_h^T; masked rows add dz = 0)
+            gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>G, <floating>1, dzt, <int>G, w_h, <int>G,
+                 <floating>1, dh, <int>H)
+    # dw_x += x^T @ dz   over all T*B rows
+    gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
+         <floating>1, dw_x, <int>G)
+    # dx = dz @ w_x^T
+    gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
+         <floating>0, dx, <int>I)
+    # dw_h += H_prev^T @ dz, H_prev[t] = y[t_prev] (h0 for the first processed step): in memory that is y
+    # shifted by one step, so h0 takes one (B, H) GEMM and the rest one GEMM over (T-1)*B rows.
+    first = _step(0, T, reverse)
+    # dw_h += h0^T @ dz[first]
+    gemm(TRANS, NO_TRANS, <int>H, <int>G, <int>B, <floating>1, h0, <int>H, dz_ws + first * B * G, <int>G,
+         <floating>1, dw_h, <int>G)
+    if T > 1:
+        if reverse:
+            # dw_h += y[1:]^T @ dz[:-1]
+            gemm(TRANS, NO_TRANS, <int>H, <int>G, <int>((T - 1) * B), <floating>1, y + B * H, <int>H, dz_ws,
+                 <int>G, <floating>1, dw_h, <int>G)
+        else:
+            # dw_h += y[:-1]^T @ dz[1:]
+            gemm(TRANS, NO_TRANS, <int>H, <int>G, <int>((T - 1) * B), <floating>1, y, <int>H, dz_ws + B * G,
+                 <int>G, <floating>1, dw_h, <int>G)
+
+
+def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
+                  const floating[::1] b, const floating[:, ::1] p, const floating[:, ::1] h0,
+                  const floating[:, ::1] c0, const unsigned char[:, ::1] mask, const int[::1] act_codes,
+                  const double[:, ::1] act_ab, double clip, bint input_forget, bint reverse,
+                  const floating[:, :, ::1] z_ws, const floating[:, :, ::1] gates, const floating[:, :, ::1] cs,
+                  const floating[:, :, ::1] y, const floating[:, :, ::1] dy, const floating[:, ::1] dhT,
+                  const floating[:, ::1] dcT, floating[:, :, ::1] dz_ws, floating[:, :, ::1] dx_out,
+                  floating[:, ::1] dw_x_out, floating[:, ::1] dw_h_out, floating[::1] db_out,
+                  floating[:, ::1] dp_out, floating[:, ::1] dh0_out, floating[:, ::1] dc0_out):
+    """Backpropagation through time for lstm_forward. Same contract as lstm_ref.lstm_backward.
+    IN   the forward's inputs;  z_ws, gates (T, B, 4H), cs, y, dy (T, B, H);  dhT, dcT (B, H)
+    SCRATCH dz_ws (T, B, 4H)
+    OUT  dx_out (T, B, I), dh0_out, dc0_out (B, H) overwritten;  dw_x_out (I, 4H), dw_h_out (H, 4H),
+         db_out (4H,), dp_out (3, H) | (0, H) accumulated
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0]
+    cdef const floating *p_ptr = &p[0, 0] if p.shape[0] > 0 else NULL
+    cdef floating *dp_ptr = &dp_out[0, 0] if p.shape[0] > 0 else NULL
+    cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
+    dh0_out[...] = dhT
+    dc0_out[...] = dcT
+    if T == 0:
+        return
+    with nogil:
+        _lstm_backward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr, &act_codes[0],
+                       &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0], &gates[0, 0, 0],
+                       &cs[0, 0, 0], &y[0, 0, 0], &dy[0, 0, 0], &dz_ws[0, 0, 0], &dx_out[0, 0, 0],
+                       &dw_x_out[0, 0], &dw_h_out[0, 0], &db_out[0], dp_ptr, &dh0_out[0, 0], &dc0_out[0, 0],
+                       T, B, I, H)
