@@ -35,7 +35,7 @@ extensions = [
         [f"fastlstm/_kernels/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3", "-march=native", "-fno-math-errno"],
+        extra_compile_args=["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math"],
     )
     for name in KERNELS
 ]

@@ -12,6 +12,9 @@ from .initializers import set_random_seed  # noqa: E402
 from .layers.base import Input  # noqa: E402
 from .loaders import load  # noqa: E402
 from .model import Model, Sequential  # noqa: E402
+from . import callbacks, losses, optimizers  # noqa: E402
+from .stream import StreamSession  # noqa: E402
 
 __all__ = ["layers", "load", "Model", "Sequential", "Input", "set_backend", "get_backend", "set_num_threads",
-           "info", "ModelLoadError", "set_random_seed", "__version__"]
+           "info", "ModelLoadError", "set_random_seed", "__version__",
+           "losses", "optimizers", "callbacks", "StreamSession"]

@@ -58,7 +58,24 @@ _EXTRA = {
     "celu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))).astype(np.asarray(x).dtype),
     "glu": lambda x: (np.split(np.asarray(x), 2, -1)[0] * softmax_free_sigmoid(np.split(np.asarray(x), 2, -1)[1])),
     "gelu_approximate": _gelu_tanh,
+    "sparse_sigmoid": lambda x: np.clip(0.5 * (np.asarray(x) + 1), 0, 1).astype(np.asarray(x).dtype),
+    "sparsemax": lambda x: sparsemax(x),
 }
+
+
+def sparsemax(x, axis=-1):
+    """Keras 3's sparsemax, reproduced as Keras computes it on every backend (keras/src/backend/*/nn.py):
+    tau = (sum of the cumulative sums over the support - 1) / k. This equals Martins & Astudillo's
+    projection only when the support has one element; Keras files are run as Keras runs them."""
+    x = np.asarray(x)
+    z = -np.sort(-x, axis=axis)
+    r = np.arange(1, x.shape[axis] + 1, dtype=x.dtype).reshape([-1 if a == axis % x.ndim else 1
+                                                                 for a in range(x.ndim)])
+    csum = np.cumsum(z, axis=axis)
+    support = z - (csum - 1) / r > 0
+    k = np.sum(support, axis=axis, keepdims=True).astype(x.dtype)
+    tau = (np.sum(np.where(support, csum, 0), axis=axis, keepdims=True) - 1) / k
+    return np.maximum(x - tau, 0).astype(x.dtype)
 
 
 def softmax_free_sigmoid(x):

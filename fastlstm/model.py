@@ -3,9 +3,43 @@
 `Model(inputs, outputs)` is the functional model (symbolic tensors from `fastlstm.Input`); `Sequential([...])`
 is a linear stack that builds its graph on first use. The loaders build the same classes.
 """
+import threading
+
 import numpy as np
 
+from . import config
 from .layers.base import Input, Layer, SymbolicTensor, unique_name
+
+# predict splits a batch across config.NUM_THREADS threads (the kernels release the GIL) when every thread
+# gets at least this many rows
+PREDICT_MIN_ROWS_PER_THREAD = 8
+PREDICT_MAX_ROWS = 1024
+_pool = {"n": 0, "pool": None}
+_pool_lock = threading.Lock()
+
+
+def _blas_single_thread():
+    """A context in which BLAS runs single-threaded (threadpoolctl; a no-op context without it)."""
+    import contextlib
+    ctl = _pool.get("blas")
+    if ctl is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            ctl = _pool["blas"] = ThreadpoolController()
+        except Exception:  # noqa: BLE001 - no threadpoolctl: nothing to limit
+            ctl = _pool["blas"] = False
+    return ctl.limit(limits=1, user_api="blas") if ctl else contextlib.nullcontext()
+
+
+def _predict_pool(n):
+    """A shared thread pool with n workers (recreated when config.NUM_THREADS changes)."""
+    with _pool_lock:
+        if _pool["n"] != n:
+            from concurrent.futures import ThreadPoolExecutor
+            if _pool["pool"] is not None:
+                _pool["pool"].shutdown(wait=False)
+            _pool.update(n=n, pool=ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastlstm-predict"))
+        return _pool["pool"]
 from .layers.core import InputLayer
 
 
@@ -159,15 +193,163 @@ class Model:
         """
         xs = self._normalize_inputs(x)
         n = xs[0].shape[0]
-        if batch_size is None or batch_size >= n:
-            outs = self._run_graph(xs)
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        threads = 1 if self.stateful else max(1, int(config.NUM_THREADS))
+        if batch_size is None:
+            # one slice of rows per thread when the batch is large enough to pay for it; at most
+            # PREDICT_MAX_ROWS rows per run, which bounds the kernels' workspaces
+            k = min(threads, n // PREDICT_MIN_ROWS_PER_THREAD) if threads > 1 else 1
+            k = max(k, 1, -(-n // PREDICT_MAX_ROWS))
+            bounds = np.linspace(0, n, k + 1).astype(int)
+            chunks = [(bounds[i], bounds[i + 1]) for i in range(k)]
         else:
             batch_size = int(batch_size)
-            if batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-            parts = [self._run_graph([a[s:s + batch_size] for a in xs]) for s in range(0, n, batch_size)]
-            outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
+            chunks = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+        if len(chunks) <= 1:
+            outs = self._run_graph(xs)
+            return outs[0] if self._single_output else outs
+        run = lambda c: self._run_graph([a[c[0]:c[1]] for a in xs])  # noqa: E731
+        if threads > 1 and len(chunks) > 1:
+            with _blas_single_thread():       # the parallelism is across rows; BLAS threads would oversubscribe
+                parts = list(_predict_pool(threads).map(run, chunks))
+        else:
+            parts = [run(c) for c in chunks]
+        outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
         return outs[0] if self._single_output else outs
+
+    # ---- training (fastlstm/training) -------------------------------------------------------------------
+    _trainer = None
+    stop_training = False
+    history = None
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, **kwargs):
+        """Configure training (Keras 3).
+
+        Parameters
+        ----------
+        optimizer : str ("sgd", "adam", "rmsprop") or fastlstm.optimizers.Optimizer
+        loss : str ("binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy", "mse",
+            "mae") or fastlstm.losses.Loss; a list or dict (by output name) for several outputs.
+        metrics : list of "accuracy", "mae", "mse", ... (a list of lists or a dict for several outputs)
+        loss_weights : list or dict of floats, optional
+        """
+        unknown = set(kwargs) - {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile",
+                                 "auto_scale_loss"}
+        if unknown:
+            raise TypeError(f"compile(): unrecognized arguments {sorted(unknown)}")
+        from .training.trainer import Trainer
+        self._trainer = Trainer(self, optimizer, loss, metrics, loss_weights)
+        self.optimizer = self._trainer.optimizer
+        self.loss = loss
+        self.compiled = True
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_batch_size=None, validation_freq=1, seed=None):
+        """Train with backpropagation through time (Keras 3 arguments; `seed` makes shuffling, dropout and a
+        lazily built model's initial weights deterministic).
+
+        Parameters
+        ----------
+        x : array of shape (samples, timesteps, features) or (samples, timesteps) token ids; list / dict for
+            several inputs.
+        y : array of targets (list / dict for several outputs).
+        validation_data : tuple (x_val, y_val), optional
+
+        Returns
+        -------
+        History: `history.history["loss"]`, `["val_loss"]`, metrics, one value per epoch.
+
+        A non-finite loss stops training with a RuntimeWarning; the weights are then those of the last step whose
+        loss was finite.
+        """
+        from .training.trainer import fit
+        return fit(self, x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                   validation_split=validation_split, validation_data=validation_data, shuffle=shuffle,
+                   class_weight=class_weight, sample_weight=sample_weight, initial_epoch=initial_epoch,
+                   steps_per_epoch=steps_per_epoch, validation_batch_size=validation_batch_size,
+                   validation_freq=validation_freq, seed=seed)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, return_dict=False):
+        """Loss (and metrics) on (x, y) in inference mode: a float, or [loss, *metrics] when metrics were
+        compiled (a dict with return_dict=True)."""
+        from .training.trainer import evaluate
+        return evaluate(self, x, y, batch_size=batch_size, verbose=verbose, sample_weight=sample_weight,
+                        return_dict=return_dict)
+
+    def train_on_batch(self, x, y, sample_weight=None, return_dict=False, seed=None):
+        """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
+        from .training.trainer import _normalize_targets
+        if self._trainer is None:
+            raise RuntimeError("You must call `compile()` before using the model (fit/evaluate)")
+        xs = self._normalize_inputs(x)
+        ys = _normalize_targets(self, y, xs[0].shape[0])
+        tr = self._trainer
+        tr.setup()
+        for o in tr.metric_list():
+            o.reset_state()
+        loss, per_out, finite = tr.train_step(xs, ys, np.random.default_rng(seed), sample_weight)
+        if not finite:
+            import warnings
+            warnings.warn(f"train_on_batch: the loss is {loss} (not finite); the weights were not updated",
+                          RuntimeWarning, stacklevel=2)
+        from .training.trainer import _epoch_logs
+        logs = _epoch_logs(tr, loss, per_out)
+        if return_dict:
+            return logs
+        vals = list(logs.values())
+        return vals[0] if len(vals) == 1 else vals
+
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
+        """Loss (and metrics) of one batch in inference mode."""
+        n = self._normalize_inputs(x)[0].shape[0]
+        return self.evaluate(x, y, batch_size=max(1, n), verbose=0, sample_weight=sample_weight,
+                             return_dict=return_dict)
+
+    def _metric_objects(self):
+        return self._trainer.metric_list() if self._trainer is not None else []
+
+    # ---- streaming and saving ------------------------------------------------------------------------
+    def stream(self, batch_size=1, dtype="float32"):
+        """A streaming session: `session.step(x_k)` runs k more timesteps, keeping every recurrent layer's state.
+
+        Parameters
+        ----------
+        batch_size : int, the batch every step takes.
+        dtype : "float32" or "float64", the compute dtype.
+
+        Returns
+        -------
+        fastlstm.stream.StreamSession
+        """
+        from .stream import StreamSession
+        return StreamSession(self, batch_size=batch_size, dtype=dtype)
+
+    def save(self, filepath, overwrite=True, zipped=True):
+        """Write a Keras 3 `.keras` file (config.json, metadata.json, model.weights.h5) that Keras 3 loads."""
+        from .saving import save_model
+        save_model(self, filepath, overwrite=overwrite)
+
+    def save_weights(self, filepath, overwrite=True):
+        """Write the weights as a Keras 3 `.weights.h5` file."""
+        from .saving import save_weights
+        save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath):
+        """Read weights from a Keras 3 `.weights.h5` or `.keras` file (layers matched by class and order)."""
+        from .saving import load_weights
+        load_weights(self, filepath)
+
+    def to_json(self, **kwargs):
+        """The Keras 3 model config as a JSON string (what `fastlstm.load(weights, architecture=...)` reads)."""
+        import json
+        from .saving import model_config
+        return json.dumps(model_config(self), **kwargs)
+
+    def get_config(self):
+        from .saving import model_config
+        return model_config(self)["config"]
 
     # ---- weights and state ------------------------------------------------------------------------
     def _weighted_layers(self):
@@ -196,6 +378,11 @@ class Model:
 
     def count_params(self):
         return int(sum(w.size for w in self.weights))
+
+    def export_onnx(self, path, opset=17):
+        """Write the model as ONNX that onnxruntime runs (see fastlstm/export_onnx.py for the masking contract)."""
+        from .export_onnx import export_onnx
+        return export_onnx(self, path, opset=opset)
 
     def reset_states(self):
         """Zero the carried state of every stateful recurrent layer."""

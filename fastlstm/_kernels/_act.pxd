@@ -8,11 +8,12 @@
 
 float32 exp (exp_f32): exp(x) = 2^n * exp(r), n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2]
 (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial (truncation < 1e-8 relative),
-2^n built in the exponent bits. Max error about 2 ulp. Comparisons against the clamp bounds are written
+2^n built in the exponent bits. Max error about 2 ulp; 0 below -87.3 (no subnormals), inf above 88.37
+(true overflow: 88.72). Comparisons against the clamp bounds are written
 so that NaN fails them and flows through: a NaN input gives a NaN output, as in NumPy.
 float64 uses libm exp/tanh: the float64 tolerance (rtol 1e-9) leaves no room for approximations.
 """
-from libc.math cimport erf, exp, expm1, fabs, log1p, tanh
+from libc.math cimport INFINITY, erf, exp, expf, fmaf, expm1, expm1f, fabs, log1p, log1pf, tanh, tanhf
 from cython cimport floating
 
 cdef enum:
@@ -44,32 +45,36 @@ cdef union F32Bits:
 cdef inline float exp_f32(float x) noexcept nogil:
     """exp(x) in float32 without branches (see the module docstring)."""
     cdef F32Bits scale
-    cdef float t, n, r, p
-    x = <float>88.3 if x > <float>88.3 else x          # exp(88.3) < FLT_MAX; NaN fails both tests
+    cdef float t, n, r, p, x0 = x
+    x = <float>88.37 if x > <float>88.37 else x          # n <= 127; NaN fails both tests
     x = <float>-87.3 if x < <float>-87.3 else x        # keeps 2^n normal
     # 1.5 * 2^23 added: the float rounds x/ln2 to an integer held in its low mantissa bits
     t = x * <float>1.44269504088896341 + <float>12582912.0
     n = t - <float>12582912.0
-    r = x - n * <float>0.693359375                      # ln2 = 0.693359375 - 2.12194440e-4 (Cody-Waite)
-    r = r + n * <float>2.12194440e-4
+    # fmaf: one rounding per step (gcc emits vfmadd and vectorises it)
+    r = fmaf(n, <float>-0.693359375, x)                # ln2 = 0.693359375 - 2.12194440e-4 (Cody-Waite)
+    r = fmaf(n, <float>2.12194440e-4, r)
     p = <float>(1.0 / 5040.0)
-    p = p * r + <float>(1.0 / 720.0)
-    p = p * r + <float>(1.0 / 120.0)
-    p = p * r + <float>(1.0 / 24.0)
-    p = p * r + <float>(1.0 / 6.0)
-    p = p * r + <float>0.5
-    p = p * r + 1
-    p = p * r + 1
+    p = fmaf(p, r, <float>(1.0 / 720.0))
+    p = fmaf(p, r, <float>(1.0 / 120.0))
+    p = fmaf(p, r, <float>(1.0 / 24.0))
+    p = fmaf(p, r, <float>(1.0 / 6.0))
+    p = fmaf(p, r, <float>0.5)
+    p = fmaf(p, r, 1)
+    p = fmaf(p, r, 1)
     # the low 9 bits of t's integer pattern hold n (+ 0x4B400000 whose shift drops out): 2^n = (n + 127) << 23
     scale.f = t
     scale.u = (scale.u << 23) + <unsigned int>0x3F800000
-    return p * scale.f
+    p = p * scale.f
+    # saturate like libm: 0 below the normal range, inf above (NaN fails both tests)
+    p = 0 if x0 < <float>-87.3 else p
+    return <float>INFINITY if x0 > <float>88.37 else p
 
 
 cdef inline floating sigmoid_fast(floating z) noexcept nogil:
     """1 / (1 + exp(-z))"""
     if floating is float:
-        return 1 / (1 + exp_f32(-z))
+        return <float>1 / (<float>1 + exp_f32(-z))
     else:
         return 1 / (1 + exp(-z))
 
@@ -77,14 +82,52 @@ cdef inline floating sigmoid_fast(floating z) noexcept nogil:
 cdef inline floating tanh_fast(floating z) noexcept nogil:
     """tanh(z); float32: 1 - 2 / (1 + exp(2z)) (absolute error ~1e-7 near 0, exact saturation)"""
     if floating is float:
-        return 1 - 2 / (1 + exp_f32(2 * z))
+        return <float>1 - <float>2 / (<float>1 + exp_f32(<float>2 * z))
     else:
         return tanh(z)
 
 
+cdef inline floating _exp(floating z) noexcept nogil:
+    if floating is float:
+        return expf(z)
+    else:
+        return exp(z)
+
+
+cdef inline floating _expm1(floating z) noexcept nogil:
+    if floating is float:
+        return expm1f(z)
+    else:
+        return expm1(z)
+
+
+cdef inline floating _tanh(floating z) noexcept nogil:
+    if floating is float:
+        return tanhf(z)
+    else:
+        return tanh(z)
+
+
+cdef inline floating _log1p(floating z) noexcept nogil:
+    if floating is float:
+        return log1pf(z)
+    else:
+        return log1p(z)
+
+
+cdef inline floating sigmoid_libm(floating z) noexcept nogil:
+    """1 / (1 + e^-z) as acts.py writes it: e = exp(-|z|) never overflows"""
+    cdef floating e = _exp(-<floating>fabs(z))
+    return <floating>1 / (<floating>1 + e) if z >= 0 else e / (<floating>1 + e)
+
+
+# act and dact round like NumPy on an array of the kernel's dtype: Python-float parameters are cast to
+# that dtype first (NEP 50) and every operation rounds in it; gelu alone is computed in float64 (acts.py).
+# Only sigmoid and tanh take the fast versions: the general-path tests include recurrences that amplify
+# single-ulp differences, so the others follow acts.py operation by operation.
 cdef inline floating act(int code, double alpha, double beta, floating z) noexcept nogil:
     """a(z) for one activation code (acts.activate)."""
-    cdef double u
+    cdef floating u
     if code == SIGMOID:
         return sigmoid_fast(z)
     elif code == TANH:
@@ -94,79 +137,79 @@ cdef inline floating act(int code, double alpha, double beta, floating z) noexce
     elif code == LINEAR:
         return z
     elif code == HARD_SIGMOID:
-        u = alpha * z + beta
-        u = 0.0 if u < 0.0 else u
-        return <floating>(1.0 if u > 1.0 else u)
+        u = <floating>alpha * z + <floating>beta
+        u = 0 if u < 0 else u
+        return 1 if u > 1 else u
     elif code == LEAKY_RELU:
-        return z if z >= 0 else <floating>(alpha * z)
+        return z if z >= 0 else <floating>alpha * z
     elif code == THRESHOLDED_RELU:
-        return z if z > alpha else z * 0
+        return z if z > <floating>alpha else z * 0
     elif code == SCALED_TANH:
-        return <floating>(alpha * tanh(beta * z))
+        return <floating>alpha * _tanh(<floating>beta * z)
     elif code == AFFINE:
-        return <floating>(alpha * z + beta)
+        return <floating>alpha * z + <floating>beta
     elif code == ELU:
-        return z if z > 0 else <floating>(alpha * expm1(z))
+        return z if z > 0 else <floating>alpha * _expm1(z)
     elif code == SOFTSIGN:
-        return z / (1 + fabs(z))
+        return z / (<floating>1 + <floating>fabs(z))
     elif code == SOFTPLUS:
-        # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): no overflow
-        return <floating>((z if z > 0 else 0.0) + log1p(exp(-fabs(z))))
+        # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): no overflow (NumPy's logaddexp(0, z))
+        return z + _log1p(_exp(-z)) if z > 0 else _log1p(_exp(z))
     elif code == SELU:
-        return <floating>(1.0507009873554804934193349852946 *
-                          (z if z > 0 else 1.6732632423543772848170429916717 * expm1(z)))
+        return <floating>1.0507009873554804934193349852946 * (
+            z if z > 0 else <floating>1.6732632423543772848170429916717 * _expm1(z))
     elif code == SILU:
-        return z * sigmoid_fast(z)
+        return z * sigmoid_libm(z)
     elif code == EXPONENTIAL:
-        return <floating>exp(z)
+        return _exp(z)
     elif code == RELU6:
         z = 0 if z < 0 else z
         return 6 if z > 6 else z
     elif code == HARD_SILU:
-        u = z + 3.0
-        u = 0.0 if u < 0.0 else u
-        u = 6.0 if u > 6.0 else u
-        return <floating>(z * u / 6.0)
-    else:  # GELU
-        return <floating>(0.5 * z * (1.0 + erf(z * 0.70710678118654752440)))
+        u = z + <floating>3
+        u = 0 if u < 0 else u
+        u = 6 if u > 6 else u
+        return z * u / <floating>6
+    else:  # GELU, in float64
+        return <floating>(0.5 * z * (1.0 + erf(<double>z / 1.4142135623730951)))
 
 
 cdef inline floating dact(int code, double alpha, double beta, floating z, floating a) noexcept nogil:
     """da/dz given z and a = a(z) (acts.derivative)."""
-    cdef double u, s
+    cdef floating u, s
     if code == SIGMOID:
-        return a * (1 - a)
+        return a * (<floating>1 - a)
     elif code == TANH:
-        return 1 - a * a
+        return <floating>1 - a * a
     elif code == RELU:
         return 1 if z > 0 else 0
     elif code == LINEAR:
         return 1
     elif code == HARD_SIGMOID:
-        u = alpha * z + beta
-        return <floating>(alpha if u > 0.0 and u < 1.0 else 0.0)
+        u = <floating>alpha * z + <floating>beta
+        return <floating>alpha if u > 0 and u < 1 else 0
     elif code == LEAKY_RELU:
         return 1 if z >= 0 else <floating>alpha
     elif code == THRESHOLDED_RELU:
-        return 1 if z > alpha else 0
+        return 1 if z > <floating>alpha else 0
     elif code == SCALED_TANH:
-        u = tanh(beta * z)
-        return <floating>(alpha * beta * (1.0 - u * u))
+        u = _tanh(<floating>beta * z)
+        return <floating>(alpha * beta) * (<floating>1 - u * u)
     elif code == AFFINE:
         return <floating>alpha
     elif code == ELU:
-        return 1 if z > 0 else <floating>(a + alpha)
+        return 1 if z > 0 else a + <floating>alpha
     elif code == SOFTSIGN:
-        u = 1.0 + fabs(z)
-        return <floating>(1.0 / (u * u))
+        u = <floating>1 + <floating>fabs(z)
+        return <floating>1 / (u * u)
     elif code == SOFTPLUS:
-        return sigmoid_fast(z)
+        return sigmoid_libm(z)
     elif code == SELU:
-        return <floating>(1.0507009873554804934193349852946 if z > 0 else
-                          a + 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717)
+        return (<floating>1.0507009873554804934193349852946 if z > 0 else
+                a + <floating>(1.0507009873554804934193349852946 * 1.6732632423543772848170429916717))
     elif code == SILU:
-        s = sigmoid_fast(z)
-        return <floating>(s * (1.0 + z * (1.0 - s)))
+        s = sigmoid_libm(z)
+        return s * (<floating>1 + z * (<floating>1 - s))
     elif code == EXPONENTIAL:
         return a
     elif code == RELU6:
@@ -174,10 +217,10 @@ cdef inline floating dact(int code, double alpha, double beta, floating z, float
     elif code == HARD_SILU:
         if z <= -3:
             return 0
-        return 1 if z >= 3 else <floating>((2.0 * z + 3.0) / 6.0)
-    else:  # GELU: Phi(z) + z * phi(z)
-        return <floating>(0.5 * (1.0 + erf(z * 0.70710678118654752440)) +
-                          z * exp(-0.5 * z * z) * 0.39894228040143267794)
+        return 1 if z >= 3 else (<floating>2 * z + <floating>3) / <floating>6
+    else:  # GELU: Phi(z) + z * phi(z), in float64
+        return <floating>(0.5 * (1.0 + erf(<double>z / 1.4142135623730951)) +
+                          <double>z * exp(-0.5 * z * z) / 2.5066282746310002)
 
 
 cdef inline void apply_act(int code, double alpha, double beta, const floating* z, floating* out,
@@ -212,10 +255,10 @@ cdef inline void apply_dact(int code, double alpha, double beta, const floating*
     cdef Py_ssize_t j
     if code == SIGMOID:
         for j in range(n):
-            out[j] = a[j] * (1 - a[j])
+            out[j] = a[j] * (<floating>1 - a[j])
     elif code == TANH:
         for j in range(n):
-            out[j] = 1 - a[j] * a[j]
+            out[j] = <floating>1 - a[j] * a[j]
     else:
         for j in range(n):
             out[j] = dact(code, alpha, beta, z[j], a[j])

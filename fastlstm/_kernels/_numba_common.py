@@ -2,13 +2,13 @@
 row passes over contiguous slices, and a vectorisable float32 exp.
 
 float32 sigmoid/tanh use `_exp_f32` instead of libm so LLVM can vectorise the gate passes (AVX2: 8 lanes):
-    exp(x) = 2^n * e^r,  n = round(x / ln2),  r = x - n*ln2 (Cody-Waite split, |r| <= ln2/2),
+    exp(x) = 2^n * e^r,  n = round(x / ln2),  r = x - n*ln2 (Cody-Waite split, |r| <= ln2/2),  x <= 0 only,
     e^r = Taylor series to r^7 (truncation < 5e-9, below float32 rounding),  2^n from the exponent bits.
-    sigmoid(x) = 1 / (1 + exp(-x))
+    sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0,  e = exp(-|x|)
     tanh(x) = sign(x) * (1 - e) / (1 + e),  e = exp(-2|x|)    for |x| >= 0.55
             = x + x^3 * P(x^2)  (least-squares fit, relative error 1e-9)   for |x| < 0.55 (no cancellation)
-Max error against float64 math: a few float32 ulp. NaN propagates (the clamps keep NaN, the bit trick saturates).
-float64 keeps libm (math.exp / math.tanh). Every other code is computed in float64, one element at a time.
+Max error against float64 math: a few float32 ulp. NaN propagates.
+float64 keeps libm (math.exp / math.tanh). Every other code runs one element at a time in the data's precision.
 
 Note on cache=True: Numba's cache keys on the caller's file only; after editing this module, delete
 fastlstm/_kernels/__pycache__/*.nbi|*.nbc (or touch lstm_numba.py and gru_numba.py).
@@ -18,7 +18,6 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..config import NUMBA_FLAGS
@@ -31,30 +30,27 @@ ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)            # few mantissa bits: n * _LN2_HI is exact for |n| <= 128
 _LN2_LO = np.float32(-2.12194440e-4)         # ln2 - _LN2_HI
-_EXP_HI = np.float32(88.0)                   # keeps n in [-126, 127]: 2^n stays a normal float32
-_EXP_LO = np.float32(-87.0)
+_EXP_LO = np.float32(-103.97208)             # below: exp rounds to 0 (log of half the smallest subnormal)
+_N_TINY, _N_SHIFT, _TWO_M32 = np.float32(-120), np.float32(32), np.float32(2.0 ** -32)
 _C2, _C3, _C4 = np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24)
 _C5, _C6, _C7 = np.float32(1 / 120), np.float32(1 / 720), np.float32(1 / 5040)
 _TANH_SMALL = np.float32(0.55)
 # tanh(x) = x + x^3 * (T0 + T1 u + T2 u^2 + T3 u^3 + T4 u^4),  u = x^2,  fitted on [0, 0.55]
 _T0, _T1, _T2 = np.float32(-0.33333319425582886), np.float32(0.13332615792751312), np.float32(-0.053855050355196)
 _T3, _T4 = np.float32(0.02108181081712246), np.float32(-0.006287344731390476)
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT2 = math.sqrt(2.0)
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
 @intrinsic
 def _pow2_f32(typingctx, n):
-    """2**n as float32, n a float32 holding an integer in [-126, 127] (NaN gives 1): exponent bits (n + 127) << 23."""
+    """2**n as float32, n a float32 holding an integer in [-126, 127]: exponent bits (n + 127) << 23."""
     if n != types.float32:
         return None
 
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
-        fptosi = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [ir.FloatType()]),
-                                                "llvm.fptosi.sat.i32.f32")
-        bits = builder.shl(builder.add(builder.call(fptosi, [args[0]]), ir.Constant(i32, 127)),
-                           ir.Constant(i32, 23))
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)), ir.Constant(i32, 23))
         return builder.bitcast(bits, ir.FloatType())
 
     return types.float32(types.float32), codegen
@@ -62,20 +58,28 @@ def _pow2_f32(typingctx, n):
 
 @njit(**NUMBA_FLAGS)
 def _exp_f32(x):
-    """exp(x) for float32 x, branch-free (vectorisable); x is clamped to [-87, 88]."""
-    if x > _EXP_HI:
-        x = _EXP_HI
-    if x < _EXP_LO:
-        x = _EXP_LO
-    n = np.floor(x * _LOG2E + HALF)
-    r = (x - n * _LN2_HI) - n * _LN2_LO
+    """exp(x) for float32 x <= 0, branch-free (vectorisable), within 2 ulp; gradual underflow to 0 like expf."""
+    xc = x if x < ZERO else ZERO              # NaN -> 0 here (finite n for the bit trick), restored below
+    xc = xc if xc > _EXP_LO else _EXP_LO
+    n = np.floor(xc * _LOG2E + HALF)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
     p = ONE + r * (ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
-    return p * _pow2_f32(n)
+    # 2^n for n in [-150, 0]: below -120 as 2^(n + 32) * 2^-32, so that the result rounds into the subnormals once
+    tiny = n < _N_TINY
+    e = p * _pow2_f32(n + _N_SHIFT if tiny else n)
+    if tiny:
+        e = e * _TWO_M32
+    if x < _EXP_LO:
+        e = ZERO
+    if x != x:
+        e = x
+    return e
 
 
 def sigmoid(x):
     """1 / (1 + exp(-x)) in x's precision (pure-Python body used only with NUMBA_DISABLE_JIT)."""
-    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+    e = math.exp(-abs(x))
+    return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
 
 
 def tanh(x):
@@ -85,16 +89,21 @@ def tanh(x):
 
 @overload(sigmoid, jit_options=NUMBA_FLAGS)
 def _sigmoid_impl(x):
+    # e = exp(-|x|) never overflows: 1 / (1 + e) for x >= 0, e / (1 + e) below (as acts.py: keeps the subnormal tail)
     if x == types.float32:
         def impl(x):
-            return ONE / (ONE + _exp_f32(-x))
+            e = _exp_f32(-abs(x))
+            d = ONE + e
+            return ONE / d if x >= 0 else e / d
     else:
         def impl(x):
-            return 1.0 / (1.0 + math.exp(-x))      # exp overflow gives inf, then exactly 0
+            e = math.exp(-abs(x))
+            d = 1.0 + e
+            return 1.0 / d if x >= 0 else e / d
     return impl
 
 
-@overload(tanh, jit_options=NUMBA_FLAGS)
+@overload(tanh, jit_options=NUMBA_FLAGS, inline="always")   # LLVM would not inline it: no vectorising
 def _tanh_impl(x):
     if x == types.float32:
         def impl(x):
@@ -110,160 +119,167 @@ def _tanh_impl(x):
     return impl
 
 
-def cast_like(v, arr):
-    """v converted to arr's dtype (a float32 or float64 scalar)."""
-    return arr.dtype.type(v)
+def cast_like(v, like):
+    """v converted to the float type of `like` (an array: its dtype; a scalar: its type)."""
+    return (like.dtype.type if isinstance(like, np.ndarray) else type(like))(v)
 
 
 @overload(cast_like, jit_options=NUMBA_FLAGS)
-def _cast_like_impl(v, arr):
-    if arr.dtype == types.float32:
-        return lambda v, arr: np.float32(v)
-    return lambda v, arr: np.float64(v)
+def _cast_like_impl(v, like):
+    ty = like.dtype if isinstance(like, types.Array) else like
+    if ty == types.float32:
+        return lambda v, like: np.float32(v)
+    return lambda v, like: np.float64(v)
 
 
+# act / dact compute in z's type, in the same operation order as acts.py under NumPy's promotion rules (a Python
+# float meets a float32 array as float32), so that float32 results round like the reference's: recurrences with
+# unbounded activations amplify every ulp. alpha, beta arrive as float64 (act_ab) and are cast here.
 @njit(**NUMBA_FLAGS)
 def act(code, alpha, beta, z):
-    """a(z) for activation `code` (acts.py), one element, float64 math."""
-    z = float(z)
+    """a(z) for activation `code` (acts.py), one element, in z's precision."""
+    al, be = cast_like(alpha, z), cast_like(beta, z)
+    zero, half, one, three, six = (cast_like(0.0, z), cast_like(0.5, z), cast_like(1.0, z), cast_like(3.0, z),
+                                   cast_like(6.0, z))
     if code == SIGMOID:
         return sigmoid(z)
     if code == TANH:
-        return math.tanh(z)
+        return tanh(z)
     if code == RELU:
-        return z if z > 0 else 0.0 * z
+        return z if z > 0 else zero * z
     if code == LINEAR:
         return z
     if code == HARD_SIGMOID:
-        return min(max(alpha * z + beta, 0.0), 1.0)
+        return min(max(al * z + be, zero), one)
     if code == LEAKY_RELU:
-        return z if z >= 0 else alpha * z
+        return z if z >= 0 else al * z
     if code == THRESHOLDED_RELU:
-        return z if z > alpha else 0.0 * z
+        return z if z > al else zero * z
     if code == SCALED_TANH:
-        return alpha * math.tanh(beta * z)
+        return al * math.tanh(be * z)
     if code == AFFINE:
-        return alpha * z + beta
+        return al * z + be
     if code == ELU:
-        return z if z > 0 else alpha * math.expm1(z)
+        return z if z > 0 else al * math.expm1(min(z, zero))
     if code == SOFTSIGN:
-        return z / (1.0 + abs(z))
+        return z / (one + abs(z))
     if code == SOFTPLUS:
-        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+        return max(z, zero) + math.log1p(math.exp(-abs(z)))
     if code == SELU:
-        return SELU_SCALE * (z if z > 0 else SELU_ALPHA * math.expm1(z))
+        return cast_like(SELU_SCALE, z) * (z if z > 0 else cast_like(SELU_ALPHA, z) * math.expm1(min(z, zero)))
     if code == SILU:
         return z * sigmoid(z)
     if code == EXPONENTIAL:
         return math.exp(z)
     if code == RELU6:
-        return min(max(z, 0.0), 6.0)
+        return min(max(z, zero), six)
     if code == HARD_SILU:
-        return z * min(max(z + 3.0, 0.0), 6.0) / 6.0
+        return z * min(max(z + three, zero), six) / six
     if code == GELU:
-        return 0.5 * z * (1.0 + math.erf(z * _SQRT_HALF))
-    return math.nan
+        return cast_like((half * z) * (1.0 + math.erf(float(z) / _SQRT2)), z)
+    return cast_like(math.nan, z)
 
 
 @njit(**NUMBA_FLAGS)
 def dact(code, alpha, beta, z, a):
-    """da/dz for activation `code` given z and a = a(z), one element, float64 math."""
-    z = float(z)
-    a = float(a)
+    """da/dz for activation `code` given z and a = a(z), one element, in z's precision."""
+    ab64 = alpha * beta
+    al, be = cast_like(alpha, z), cast_like(beta, z)
+    zero, one, two, three, six = (cast_like(0.0, z), cast_like(1.0, z), cast_like(2.0, z), cast_like(3.0, z),
+                                  cast_like(6.0, z))
     if code == SIGMOID:
-        return a * (1.0 - a)
+        return a * (one - a)
     if code == TANH:
-        return 1.0 - a * a
+        return one - a * a
     if code == RELU:
-        return 1.0 if z > 0 else 0.0
+        return one if z > 0 else zero
     if code == LINEAR:
-        return 1.0
+        return one
     if code == HARD_SIGMOID:
-        u = alpha * z + beta
-        return alpha if 0.0 < u < 1.0 else 0.0
+        u = al * z + be
+        return al if (u > 0 and u < 1) else zero
     if code == LEAKY_RELU:
-        return 1.0 if z >= 0 else alpha
+        return one if z >= 0 else al
     if code == THRESHOLDED_RELU:
-        return 1.0 if z > alpha else 0.0
+        return one if z > al else zero
     if code == SCALED_TANH:
-        t = math.tanh(beta * z)
-        return alpha * beta * (1.0 - t * t)
+        t = math.tanh(be * z)
+        return cast_like(ab64, z) * (one - t * t)
     if code == AFFINE:
-        return alpha
+        return al
     if code == ELU:
-        return 1.0 if z > 0 else a + alpha
+        return one if z > 0 else a + al
     if code == SOFTSIGN:
-        d = 1.0 + abs(z)
-        return 1.0 / (d * d)
+        d = one + abs(z)
+        return one / (d * d)
     if code == SOFTPLUS:
         return sigmoid(z)
     if code == SELU:
-        return SELU_SCALE if z > 0 else a + SELU_SCALE * SELU_ALPHA
+        return cast_like(SELU_SCALE, z) if z > 0 else a + cast_like(SELU_SCALE * SELU_ALPHA, z)
     if code == SILU:
         s = sigmoid(z)
-        return s * (1.0 + z * (1.0 - s))
+        return s * (one + z * (one - s))
     if code == EXPONENTIAL:
         return a
     if code == RELU6:
-        return 1.0 if 0.0 < z < 6.0 else 0.0
+        return one if (z > 0 and z < 6) else zero
     if code == HARD_SILU:
-        if z <= -3.0:
-            return 0.0
-        if z >= 3.0:
-            return 1.0
-        return (2.0 * z + 3.0) / 6.0
+        if z <= -3:
+            return zero
+        if z >= 3:
+            return one
+        return (two * z + three) / six
     if code == GELU:
-        return 0.5 * (1.0 + math.erf(z * _SQRT_HALF)) + z * math.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    return math.nan
+        zd = float(z)
+        return cast_like(0.5 * (1.0 + math.erf(zd / _SQRT2)) + zd * math.exp(-0.5 * zd * zd) / _SQRT_2PI, z)
+    return cast_like(math.nan, z)
 
 
 @njit(**NUMBA_FLAGS)
-def act_row(code, alpha, beta, src, s0, dst, d0, n):
-    """dst[d0:d0+n] = a(src[s0:s0+n])  (1-D arrays; sigmoid/tanh vectorised)."""
+def act_row(code, alpha, beta, z, out):
+    """out = a(z)   (1-D views of one length; sigmoid/tanh vectorised)."""
     if code == SIGMOID:
-        for j in range(n):
-            dst[d0 + j] = sigmoid(src[s0 + j])
+        for j in range(z.shape[0]):
+            out[j] = sigmoid(z[j])
     elif code == TANH:
-        for j in range(n):
-            dst[d0 + j] = tanh(src[s0 + j])
+        for j in range(z.shape[0]):
+            out[j] = tanh(z[j])
     else:
-        for j in range(n):
-            dst[d0 + j] = act(code, alpha, beta, src[s0 + j])
+        for j in range(z.shape[0]):
+            out[j] = act(code, alpha, beta, z[j])
 
 
 @njit(**NUMBA_FLAGS)
-def dact_row(code, alpha, beta, z, z0, a, a0, dst, d0, n):
-    """dst[d0:d0+n] = a'(z[z0:z0+n]) given the activations a[a0:a0+n]."""
+def dact_row(code, alpha, beta, z, a, out):
+    """out = a'(z) given the activations a = a(z)   (1-D views of one length)."""
     if code == SIGMOID:
-        for j in range(n):
-            v = a[a0 + j]
-            dst[d0 + j] = v * (ONE - v)
+        for j in range(z.shape[0]):
+            out[j] = a[j] * (ONE - a[j])
     elif code == TANH:
-        for j in range(n):
-            v = a[a0 + j]
-            dst[d0 + j] = ONE - v * v
+        for j in range(z.shape[0]):
+            out[j] = ONE - a[j] * a[j]
     else:
-        for j in range(n):
-            dst[d0 + j] = dact(code, alpha, beta, z[z0 + j], a[a0 + j])
+        for j in range(z.shape[0]):
+            out[j] = dact(code, alpha, beta, z[j], a[j])
 
 
 @njit(**NUMBA_FLAGS)
-def clip_row(z, z0, n, clip):
-    """z[z0:z0+n] = clip(z[z0:z0+n], -clip, clip), NaN kept."""
-    for j in range(n):
-        v = z[z0 + j]
+def clip_row(z, clip):
+    """z = clip(z, -clip, clip) in place, NaN kept."""
+    for j in range(z.shape[0]):
+        v = z[j]
         if v > clip:
-            z[z0 + j] = clip
+            z[j] = clip
         elif v < -clip:
-            z[z0 + j] = -clip
+            z[j] = -clip
 
 
 @njit(**NUMBA_FLAGS)
-def clip_grad_row(dz, d0, z, z0, n, clip):
-    """dz[d0:d0+n] *= (|z[z0:z0+n]| < clip): no gradient through a clamped pre-activation."""
-    for j in range(n):
-        if not abs(z[z0 + j]) < clip:
-            dz[d0 + j] = 0
+def clip_grad_row(dz, z, clip):
+    """dz *= (|z| < clip): no gradient through a clamped pre-activation."""
+    for j in range(z.shape[0]):
+        if not abs(z[j]) < clip:
+            dz[j] = 0
 
 
 @njit(**NUMBA_FLAGS)
@@ -271,3 +287,31 @@ def add_outer_product(out, a, b):
     """out += a.T @ b   (a (M, K), b (M, N), out (K, N); one GEMM plus an add)."""
     if a.shape[0] > 0:
         out += np.dot(a.T, b)
+
+
+@njit(**NUMBA_FLAGS)
+def add_hprev_outer(out, y, h0, d2, reverse):
+    """out += sum over steps t of h_prev(t)^T @ d(t)   (two GEMMs over all steps).
+    y (T, B, H) the forward outputs, h0 (B, H), d2 (T*B, K) rows in time order; out (H, K).
+    h_prev(t) is y[t-1] (y[t+1] when reverse), h0 for the first processed step."""
+    T, B, H = y.shape
+    if T * B == 0:
+        return
+    n = (T - 1) * B
+    if reverse:
+        add_outer_product(out, h0, d2[n:])
+        add_outer_product(out, y[1:].reshape(n, H), d2[:n])
+    else:
+        add_outer_product(out, h0, d2[:B])
+        add_outer_product(out, y[:T - 1].reshape(n, H), d2[B:])
+
+
+@njit(**NUMBA_FLAGS)
+def add_column_sums(out, d2):
+    """out += d2.sum(0), summed in float64."""
+    acc = np.zeros(d2.shape[1])
+    for n in range(d2.shape[0]):
+        for j in range(d2.shape[1]):
+            acc[j] += d2[n, j]
+    for j in range(d2.shape[1]):
+        out[j] += acc[j]

@@ -45,37 +45,41 @@ cdef inline Py_ssize_t _step(Py_ssize_t k, Py_ssize_t T, bint reverse) noexcept 
 # ---------------------------------------------------------------------------------------------------------
 
 cdef void _fwd_row_fast(const floating* z, const floating* c_prev, floating* c_out, floating* h_out,
-                        Py_ssize_t H) noexcept nogil:
-    # i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g);  c = f * c_prev + i * g;  h = o * tanh(c)
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o, c
-    for j in range(H):
-        i = sigmoid_fast(z[j])
-        f = sigmoid_fast(z[H + j])
-        g = tanh_fast(z[2 * H + j])
-        o = sigmoid_fast(z[3 * H + j])
-        c = f * c_prev[j] + i * g
-        c_out[j] = c
-        h_out[j] = o * tanh_fast(c)
-
-
-cdef void _fwd_row_fast_train(const floating* z, const floating* c_prev, floating* c_out, floating* h_out,
-                              floating* gates, Py_ssize_t H) noexcept nogil:
-    # the same, also storing the activated gates i, f, g, o
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o, c
-    for j in range(H):
-        i = sigmoid_fast(z[j])
-        f = sigmoid_fast(z[H + j])
-        g = tanh_fast(z[2 * H + j])
-        o = sigmoid_fast(z[3 * H + j])
-        c = f * c_prev[j] + i * g
-        gates[j] = i
-        gates[H + j] = f
-        gates[2 * H + j] = g
-        gates[3 * H + j] = o
-        c_out[j] = c
-        h_out[j] = o * tanh_fast(c)
+                        floating* gates, Py_ssize_t H) noexcept nogil:
+    """Default activations; gates may be NULL (inference); c_out may be c_prev."""
+    # Results go to stack buffers first: with only reads from the caller's pointers in the loop, gcc
+    # vectorises it without run-time alias checks (there would be too many, and c_out == c_prev fails them).
+    cdef floating ib[CH]
+    cdef floating fb[CH]
+    cdef floating gb[CH]
+    cdef floating ob[CH]
+    cdef floating cb[CH]
+    cdef floating hb[CH]
+    cdef const floating *zc
+    cdef const floating *cp
+    cdef floating c
+    cdef Py_ssize_t ck, j0, j, n
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        n = H - j0 if H - j0 < CH else CH
+        zc = z + j0
+        cp = c_prev + j0
+        # i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g);  c = f * c_prev + i * g;  h = o * tanh(c)
+        for j in range(n):
+            ib[j] = sigmoid_fast(zc[j])
+            fb[j] = sigmoid_fast(zc[H + j])
+            gb[j] = tanh_fast(zc[2 * H + j])
+            ob[j] = sigmoid_fast(zc[3 * H + j])
+            c = fb[j] * cp[j] + ib[j] * gb[j]
+            cb[j] = c
+            hb[j] = ob[j] * tanh_fast(c)
+        _copy(c_out + j0, cb, n)
+        _copy(h_out + j0, hb, n)
+        if gates != NULL:
+            _copy(gates + j0, ib, n)
+            _copy(gates + H + j0, fb, n)
+            _copy(gates + 2 * H + j0, gb, n)
+            _copy(gates + 3 * H + j0, ob, n)
 
 
 cdef void _fwd_row_general(floating* z, const floating* c_prev, const floating* h_prev, floating* c_out,
@@ -95,8 +99,9 @@ cdef void _fwd_row_general(floating* z, const floating* c_prev, const floating* 
     cdef floating *zg
     cdef floating *zo
     cdef const floating *cp
-    cdef Py_ssize_t j0, j, n
-    for j0 in range(0, H, CH):
+    cdef Py_ssize_t ck, j0, j, n
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
         n = H - j0 if H - j0 < CH else CH
         zi = z + j0
         zf = z + H + j0
@@ -115,7 +120,7 @@ cdef void _fwd_row_general(floating* z, const floating* c_prev, const floating* 
         apply_act(codes[0], ab[0], ab[1], zi, ai, n)
         if input_forget:
             for j in range(n):
-                af[j] = 1 - ai[j]
+                af[j] = <floating>1 - ai[j]
         else:
             apply_act(codes[0], ab[0], ab[1], zf, af, n)
         apply_act(codes[1], ab[2], ab[3], zg, ag, n)
@@ -188,10 +193,8 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         for bi in range(B):
             valid = mask == NULL or mask[t * B + bi] != 0
             if fast and valid:
-                if training:
-                    _fwd_row_fast_train(zt + bi * G, c_prev + bi * H, ct + bi * H, yt + bi * H, gt + bi * G, H)
-                else:
-                    _fwd_row_fast(zt + bi * G, c_prev + bi * H, ct + bi * H, yt + bi * H, H)
+                _fwd_row_fast(zt + bi * G, c_prev + bi * H, ct + bi * H, yt + bi * H,
+                              gt + bi * G if training else NULL, H)
             elif not valid and not training:
                 # a masked row keeps its state (c is already in place)
                 _copy(yt + bi * H, h_prev + bi * H, H)
@@ -222,10 +225,6 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
     cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
     cdef floating *g_ptr = &gates_out[0, 0, 0] if training else NULL
     cdef floating *cs_ptr = &cs_out[0, 0, 0] if training else NULL
-    if T == 0:
-        hT_out[...] = h0
-        cT_out[...] = c0
-        return
     with nogil:
         _lstm_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b[0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr,
                       &act_codes[0], &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0],
@@ -239,32 +238,37 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
 
 cdef void _bwd_row_fast(const floating* gates, const floating* c, const floating* c_prev, floating* dh,
                         floating* dc, floating* dz, floating* db, Py_ssize_t H) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o, ac, d, dct, dzi, dzf, dzg, dzo
-    for j in range(H):
-        i = gates[j]
-        f = gates[H + j]
-        g = gates[2 * H + j]
-        o = gates[3 * H + j]
-        d = dh[j]
-        ac = tanh_fast(c[j])
-        # h = o * tanh(c):  dz_o = dh * tanh(c) * o (1 - o);  dc_t = dc + dh * o * (1 - tanh(c)^2)
-        dzo = d * ac * o * (1 - o)
-        dct = dc[j] + d * o * (1 - ac * ac)
-        # c = f * c_prev + i * g
-        dzi = dct * g * i * (1 - i)
-        dzf = dct * c_prev[j] * f * (1 - f)
-        dzg = dct * i * (1 - g * g)
-        dc[j] = dct * f
-        dh[j] = 0
-        dz[j] = dzi
-        dz[H + j] = dzf
-        dz[2 * H + j] = dzg
-        dz[3 * H + j] = dzo
-        db[j] += dzi
-        db[H + j] += dzf
-        db[2 * H + j] += dzg
-        db[3 * H + j] += dzo
+    """Default activations, no peepholes / clip / input_forget."""
+    cdef floating dzb[4][CH]              # stack buffers for the results (see _fwd_row_fast)
+    cdef floating dcb[CH]
+    cdef floating i, f, g, o, ac, d, dct, one = 1
+    cdef const floating *gc
+    cdef Py_ssize_t ck, j0, j, n, q
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        n = H - j0 if H - j0 < CH else CH
+        gc = gates + j0
+        for j in range(n):
+            i = gc[j]
+            f = gc[H + j]
+            g = gc[2 * H + j]
+            o = gc[3 * H + j]
+            d = dh[j0 + j]
+            ac = tanh_fast(c[j0 + j])
+            # h = o * tanh(c):  dz_o = dh * tanh(c) * o (1 - o);  dc_t = dc + dh * o * (1 - tanh(c)^2)
+            dzb[3][j] = d * ac * (o * (one - o))
+            dct = dc[j0 + j] + d * o * (one - ac * ac)
+            # c = f * c_prev + i * g
+            dzb[0][j] = dct * g * (i * (one - i))
+            dzb[1][j] = dct * c_prev[j0 + j] * (f * (one - f))
+            dzb[2][j] = dct * i * (one - g * g)
+            dcb[j] = dct * f
+        _copy(dc + j0, dcb, n)
+        memset(dh + j0, 0, n * sizeof(floating))
+        for q in range(4):
+            _copy(dz + q * H + j0, dzb[q], n)
+            for j in range(n):
+                db[q * H + j0 + j] += dzb[q][j]
 
 
 cdef void _bwd_row_general(const floating* z, const floating* gates, const floating* c, const floating* c_prev,
@@ -284,8 +288,9 @@ cdef void _bwd_row_general(const floating* z, const floating* gates, const float
     cdef const floating *go
     cdef const floating *cp
     cdef const floating *cc
-    cdef Py_ssize_t j0, j, n
-    for j0 in range(0, H, CH):
+    cdef Py_ssize_t ck, j0, j, n
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
         n = H - j0 if H - j0 < CH else CH
         gi, gf, gg, go = gates + j0, gates + H + j0, gates + 2 * H + j0, gates + 3 * H + j0
         dzi, dzf, dzg, dzo = dz + j0, dz + H + j0, dz + 2 * H + j0, dz + 3 * H + j0
@@ -328,7 +333,8 @@ cdef void _bwd_row_general(const floating* z, const floating* gates, const float
             dh[j0 + j] = 0
         if p != NULL:
             for j in range(n):
-                dc[j0 + j] += dzi[j] * p[j0 + j] + dzf[j] * p[H + j0 + j]
+                dc[j0 + j] = dc[j0 + j] + dzi[j] * p[j0 + j]
+                dc[j0 + j] = dc[j0 + j] + dzf[j] * p[H + j0 + j]
                 dp[j0 + j] += dzi[j] * cp[j]
                 dp[H + j0 + j] += dzf[j] * cp[j]
                 dp[2 * H + j0 + j] += dzo[j] * cc[j]
@@ -349,6 +355,8 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
                       and clip <= 0 and not input_forget)
     cdef const floating *c_prev
     cdef floating *dzt
+    if T == 0:
+        return
     for k in range(T - 1, -1, -1):
         t = _step(k, T, reverse)
         c_prev = cs + _step(k - 1, T, reverse) * B * H if k > 0 else c0
@@ -415,11 +423,9 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const
     cdef const floating *p_ptr = &p[0, 0] if p.shape[0] > 0 else NULL
     cdef floating *dp_ptr = &dp_out[0, 0] if p.shape[0] > 0 else NULL
     cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
-    dh0_out[...] = dhT
-    dc0_out[...] = dcT
-    if T == 0:
-        return
     with nogil:
+        _copy(&dh0_out[0, 0], &dhT[0, 0], B * H)
+        _copy(&dc0_out[0, 0], &dcT[0, 0], B * H)
         _lstm_backward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr, &act_codes[0],
                        &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0], &gates[0, 0, 0],
                        &cs[0, 0, 0], &y[0, 0, 0], &dy[0, 0, 0], &dz_ws[0, 0, 0], &dx_out[0, 0, 0],

@@ -4,7 +4,40 @@ ActivityRegularization)."""
 import numpy as np
 
 from .. import activations, initializers
+from .._kernels import acts as _kacts
 from .base import Layer, SymbolicTensor, float_dtype
+
+# Activations whose Keras output carries its logits (Keras 3 TF backend `_keras_logits`): a crossentropy loss
+# on such an output is computed from the logits, without clipping.
+LOGIT_ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def activation_backward(name, z, y, dy):
+    """d loss / d z for y = activation(z), given dy = d loss / d y (training)."""
+    if name == "linear":
+        return dy
+    if name in _kacts.KERAS_ACTIVATIONS:
+        code, alpha, beta = _kacts.KERAS_ACTIVATIONS[name]
+        return dy * _kacts.derivative(code, alpha, beta, z, y)
+    if name == "softmax":
+        return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    if name == "log_softmax":
+        return dy - np.exp(y) * np.sum(dy, axis=-1, keepdims=True)
+    raise NotImplementedError(f"activation {name!r} has no gradient in fastlstm training; supported: linear, "
+                              f"softmax, log_softmax, {', '.join(k for k in _kacts.KERAS_ACTIVATIONS if k)}")
+
+
+def add_grad(layer, k, value):
+    """layer.grads[k] += value (the trainer allocates and zeroes layer.grads)."""
+    g = layer.grads[k]
+    g += value
+
+
+def check_float_input(layer, x):
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"layer {layer.name!r} ({type(layer).__name__}) expects a numeric array, got dtype {x.dtype}")
+    return x.astype(float_dtype(x), copy=False)
 
 
 class InputLayer(Layer):
@@ -82,7 +115,36 @@ class Embedding(Layer):
             bad = ids[(ids < 0) | (ids >= self.input_dim)]
             raise ValueError(f"layer {self.name!r} (Embedding): token ids must be in [0, {self.input_dim}), "
                              f"got {int(bad.flat[0])} ({bad.size} out of range)")
-        return self._weights[0][ids]
+        if ids.ndim == 2:
+            # gather time-major and return a batch-first view: the recurrent layer after it reads (T, B, E)
+            # without a transposing copy
+            return np.take(self._weights[0], ids.T, axis=0).swapaxes(0, 1)
+        return np.take(self._weights[0], ids, axis=0)
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        ids = np.asarray(inputs)
+        out = self.call(ids)
+        return out, {"ids": ids.astype(np.intp, copy=False)}
+
+    def backward(self, ctx, dy):
+        from ..training._fused import scatter_add_rows
+        ids, E = ctx["ids"], self.output_dim
+        dy = np.asarray(dy)
+        if dy.ndim == 3 and not dy.flags.c_contiguous and dy.swapaxes(0, 1).flags.c_contiguous:
+            rows, idx = dy.swapaxes(0, 1).reshape(-1, E), ids.T.reshape(-1)   # time-major gradient from an RNN
+        else:
+            rows, idx = np.ascontiguousarray(dy).reshape(-1, E), ids.reshape(-1)
+        scatter_add_rows(self.grads[0], idx, rows)
+        self._touched_rows = idx if getattr(self, "_touched_rows", None) is None else \
+            np.concatenate([self._touched_rows, idx])
+        return None
+
+    def zero_grads(self):
+        """Zero the gradient rows the last backward touched (the rest are still zero)."""
+        if getattr(self, "_touched_rows", None) is not None:
+            from ..training._fused import zero_rows
+            zero_rows(self.grads[0], self._touched_rows)
+            self._touched_rows = None
 
     def get_config(self):
         cfg = super().get_config()
@@ -104,6 +166,14 @@ class Masking(Layer):
         x = np.asarray(inputs)
         keep = np.any(x != self.mask_value, axis=-1, keepdims=True)
         return (x * keep).astype(float_dtype(x)) if x.dtype.kind == "f" else x * keep
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        x = check_float_input(self, inputs)
+        keep = np.any(x != self.mask_value, axis=-1, keepdims=True)
+        return x * keep, {"keep": keep}
+
+    def backward(self, ctx, dy):
+        return dy * ctx["keep"]
 
     def get_config(self):
         cfg = super().get_config()
@@ -158,6 +228,28 @@ class Dense(Layer):
             y += self._weights[1].astype(dt, copy=False)
         return self._act(y).astype(dt, copy=False)
 
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        x = check_float_input(self, inputs)
+        k = self._weights[0]
+        if x.shape[-1] != k.shape[0]:
+            raise ValueError(f"layer {self.name!r} (Dense) expects input with last dimension {k.shape[0]}, "
+                             f"got shape {x.shape}")
+        z = x @ k.astype(x.dtype, copy=False)
+        if self.use_bias:
+            z += self._weights[1].astype(x.dtype, copy=False)
+        y = z if self.activation == "linear" else self._act(z).astype(x.dtype, copy=False)
+        return y, {"x": x, "z": z, "y": y}
+
+    def backward(self, ctx, dy):
+        """ctx["d_is_logits"]: dy is already d loss / d z (a crossentropy computed from the logits)."""
+        x, k = ctx["x"], self._weights[0]
+        dz = dy if ctx.get("d_is_logits") else activation_backward(self.activation, ctx["z"], ctx["y"], dy)
+        x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)
+        add_grad(self, 0, x2.T @ dz2)
+        if self.use_bias:
+            add_grad(self, 1, dz2.sum(axis=0))
+        return dz @ k.T.astype(dz.dtype, copy=False)
+
     def get_config(self):
         cfg = super().get_config()
         cfg.update(units=self.units, activation=self.activation, use_bias=self.use_bias)
@@ -176,6 +268,14 @@ class Activation(Layer):
         x = np.asarray(inputs)
         return self._act(x.astype(float_dtype(x), copy=False))
 
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        z = check_float_input(self, inputs)
+        y = self._act(z)
+        return y, {"z": z, "y": y}
+
+    def backward(self, ctx, dy):
+        return dy if ctx.get("d_is_logits") else activation_backward(self.activation, ctx["z"], ctx["y"], dy)
+
     def get_config(self):
         cfg = super().get_config()
         cfg["activation"] = self.activation
@@ -188,11 +288,42 @@ class _IdentityAtInference(Layer):
     def call(self, inputs, mask=None, training=False):
         return inputs
 
+    def forward(self, inputs, mask=None, training=False, rng=None, **kwargs):
+        x = check_float_input(self, inputs)
+        if not training:
+            return x, {"scale": None}
+        scale = self._train_scale(x, rng if rng is not None else np.random.default_rng())
+        return (x if scale is None else x * scale), {"scale": scale}
+
+    def backward(self, ctx, dy):
+        return dy if ctx["scale"] is None else dy * ctx["scale"]
+
+    def _train_scale(self, x, rng):
+        """The multiplicative noise applied in training (None: identity)."""
+        return None
+
 
 class Dropout(_IdentityAtInference):
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
+        if not 0 <= float(rate) <= 1:
+            raise ValueError(f"Invalid value received for argument `rate`. Expected a float value between 0 and 1. "
+                             f"Received: rate={rate}")
         self.rate, self.noise_shape, self.seed = float(rate), noise_shape, seed
+
+    def _noise_shape(self, x):
+        if self.noise_shape is None:
+            return x.shape
+        return tuple(x.shape[k] if d is None else d for k, d in enumerate(self.noise_shape))
+
+    def _train_scale(self, x, rng):
+        # inverted dropout (Keras): keep with probability 1 - rate, scale kept units by 1 / (1 - rate)
+        if self.rate <= 0:
+            return None
+        if self.rate >= 1:
+            return np.zeros(self._noise_shape(x), x.dtype)
+        keep = rng.random(self._noise_shape(x)) >= self.rate
+        return keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
 
     def get_config(self):
         cfg = super().get_config()
@@ -201,7 +332,8 @@ class Dropout(_IdentityAtInference):
 
 
 class SpatialDropout1D(Dropout):
-    pass
+    def _noise_shape(self, x):
+        return (x.shape[0], 1, x.shape[2])
 
 
 class GaussianNoise(_IdentityAtInference):
@@ -209,17 +341,36 @@ class GaussianNoise(_IdentityAtInference):
         super().__init__(**kwargs)
         self.stddev, self.seed = stddev, seed
 
+    def forward(self, inputs, mask=None, training=False, rng=None, **kwargs):
+        x = check_float_input(self, inputs)
+        if training and self.stddev > 0:
+            rng = rng if rng is not None else np.random.default_rng()
+            x = x + rng.normal(0.0, self.stddev, size=x.shape).astype(x.dtype)
+        return x, {"scale": None}
+
 
 class GaussianDropout(_IdentityAtInference):
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.rate, self.seed = rate, seed
 
+    def _train_scale(self, x, rng):
+        if not 0 < self.rate < 1:
+            return None
+        std = np.sqrt(self.rate / (1.0 - self.rate))
+        return rng.normal(1.0, std, size=x.shape).astype(x.dtype)
+
 
 class ActivityRegularization(_IdentityAtInference):
     def __init__(self, l1=0.0, l2=0.0, **kwargs):
         super().__init__(**kwargs)
         self.l1, self.l2 = l1, l2
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        if training and (self.l1 or self.l2):
+            raise NotImplementedError(f"layer {self.name!r}: ActivityRegularization with non-zero l1/l2 is not "
+                                      f"supported in fastlstm training")
+        return super().forward(inputs, mask=mask, training=training)
 
 
 class TimeDistributed(Layer):
@@ -261,6 +412,20 @@ class TimeDistributed(Layer):
         B, T = x.shape[:2]
         y = self.layer.call(x.reshape((B * T,) + x.shape[2:]))
         return y.reshape((B, T) + y.shape[1:])
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        x = np.asarray(inputs)
+        B, T = x.shape[:2]
+        if not hasattr(self.layer, "backward"):
+            raise NotImplementedError(f"layer {self.name!r}: TimeDistributed({type(self.layer).__name__}) cannot "
+                                      f"be trained (no backward)")
+        y, inner = self.layer.forward(x.reshape((B * T,) + x.shape[2:]), training=training, **kwargs)
+        return y.reshape((B, T) + y.shape[1:]), {"inner": inner, "x_shape": x.shape}
+
+    def backward(self, ctx, dy):
+        B, T = ctx["x_shape"][:2]
+        dx = self.layer.backward(ctx["inner"], dy.reshape((B * T,) + dy.shape[2:]))
+        return None if dx is None else dx.reshape(ctx["x_shape"])
 
     def get_config(self):
         return super().get_config()

@@ -202,6 +202,104 @@ class RNN(Layer):
             return [out] + list(final)
         return out
 
+    # ---- training (BPTT through the backend kernels) -------------------------------------------------
+    def _train_workspace(self, key, T, B, I, dtype):
+        """Buffers of one training forward/backward, reused across steps (keyed by call site and shape)."""
+        cache = self.__dict__.setdefault("_train_ws", {})
+        k = (key, T, B, I, np.dtype(dtype).str)
+        ws = cache.get(k)
+        if ws is None:
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            H, G = self.units, self.gates * self.units
+            ws = cache[k] = dict(z=np.empty((T, B, G), dtype), z2=np.empty((T, B, G), dtype),
+                                 y=np.empty((T, B, H), dtype), cs=np.empty((T, B, H), dtype),
+                                 gates=np.empty((T, B, G), dtype), dz=np.empty((T, B, G), dtype),
+                                 dz2=np.empty((T, B, G), dtype), dx=np.empty((T, B, I), dtype),
+                                 dy=np.zeros((T, B, H), dtype))
+        return ws
+
+    def forward(self, inputs, mask=None, training=False, initial_state=None, rng=None, ws_key=0, **kwargs):
+        """Training forward: returns (what `call` returns, ctx for `backward`)."""
+        x = _as_float_input(self, inputs)
+        if self.time_major:
+            x = np.swapaxes(x, 0, 1)
+        _check_rank3(self, x)
+        if x.shape[2] != self.input_dim:
+            raise ValueError(f"layer {self.name!r} expects input of shape (batch, timesteps, {self.input_dim}), "
+                             f"got {x.shape}")
+        if training and self.recurrent_dropout > 0:
+            raise NotImplementedError(f"layer {self.name!r}: recurrent_dropout is not supported in fastlstm training "
+                                      f"(the fused kernels have one recurrent GEMM per step); use dropout= or a "
+                                      f"Dropout layer instead")
+        B, T, I = x.shape
+        dtype = float_dtype(x)
+        dp = None
+        if training and self.dropout > 0:
+            # Keras 3: one input dropout mask per sequence, shared by every timestep
+            rng = rng if rng is not None else np.random.default_rng()
+            dp = (rng.random((B, 1, I)) >= self.dropout).astype(dtype) * dtype.type(1.0 / (1.0 - self.dropout))
+            x = x * dp
+        x_tm = np.ascontiguousarray(np.swapaxes(x, 0, 1), dtype=dtype)
+        m = _mask_to_kernel(mask, B, T)
+        states0 = self._initial_states(B, dtype, initial_state)
+        ws = self._train_workspace(ws_key, T, B, I, dtype)
+        _, final = self._kernel_forward(x_tm, states0, m, dtype, ws=ws)
+        if self.stateful:
+            self.states = [s.copy() for s in final]
+        out = self._assemble(ws["y"], final, m)
+        return out, dict(x_tm=x_tm, states0=states0, m=m, dtype=dtype, ws=ws, dp=dp)
+
+    def backward(self, ctx, d_out):
+        """BPTT: d loss / d input (batch-first); weight gradients are added to self.grads.
+        d_out is what `call` returned, as gradients (None where the loss does not depend on it).
+        ctx["d_initial_state"] receives the gradients of the initial states."""
+        d_main, d_states = (d_out[0], list(d_out[1:])) if self.return_state else (d_out, [])
+        ws, m, dtype = ctx["ws"], ctx["m"], ctx["dtype"]
+        T, B, _ = ctx["x_tm"].shape
+        dy = ws["dy"]                     # all zeros between calls
+        dfinal = [np.zeros((B, self.units), dtype) for _ in range(self.n_states)]
+        touched = None
+        if d_main is not None:
+            d_main = np.asarray(d_main, dtype=dtype)
+            if self.return_sequences:
+                d = np.swapaxes(d_main, 0, 1)                        # (T, B, H), output (processing) order
+            else:
+                d = d_main[None]                                     # the last output in processing order
+            if m.shape[0]:
+                valid = (m[::-1] if self.go_backwards else m).astype(bool)[:, :, None]
+                if not self.return_sequences:
+                    valid = valid[-1:] if self.zero_output_for_mask else valid.any(axis=0, keepdims=True)
+                elif not self.zero_output_for_mask:
+                    valid = np.logical_or.accumulate(valid, axis=0)
+                d = np.where(valid, d, 0)
+            if self.return_sequences:
+                dy[...] = d[::-1] if self.go_backwards else d
+                touched = slice(None)
+            else:
+                touched = 0 if self.go_backwards else T - 1
+                dy[touched] = d[0]
+        for k, ds in enumerate(d_states):
+            if ds is not None:
+                dfinal[k] += ds
+        dx_tm, d_init = self._kernel_backward(ctx, dy, dfinal)
+        if touched is not None:
+            dy[touched] = 0
+        dx = np.swapaxes(dx_tm, 0, 1)
+        if ctx["dp"] is not None:
+            dx = dx * ctx["dp"]
+        if self.time_major:
+            dx = np.swapaxes(dx, 0, 1)
+        ctx["d_initial_state"] = d_init
+        return dx
+
+    def _grad_out(self, k, dtype, shape=None):
+        """Where a kernel accumulates weight k's gradient: self.grads[k] itself, or a scratch to add later."""
+        g = self.grads[k]
+        if shape is not None or g.dtype != dtype or not g.flags.c_contiguous:
+            return np.zeros(shape or g.shape, dtype), True
+        return g, False
+
     def get_config(self):
         cfg = super().get_config()
         cfg.update(units=self.units, activation=self.activation, recurrent_activation=self.recurrent_activation,
@@ -259,17 +357,38 @@ class LSTM(RNN):
         codes, ab = kacts.pack(self._act_specs)
         return dict(w_x=w_x, w_h=w_h, b=b, p=np.zeros((0, H), dtype), act_codes=codes, act_ab=ab)
 
-    def _kernel_forward(self, x_tm, states0, m, dtype):
+    def _kernel_forward(self, x_tm, states0, m, dtype, ws=None):
         T, B, _ = x_tm.shape
         H = self.units
         p = self._params(dtype)
-        y = np.empty((T, B, H), dtype)
         hT, cT = np.empty((B, H), dtype), np.empty((B, H), dtype)
-        none3 = np.empty((0, 0, 0), dtype)
+        if ws is None:
+            none3 = np.empty((0, 0, 0), dtype)
+            y, z_ws, gates, cs = np.empty((T, B, H), dtype), np.empty((T, B, 4 * H), dtype), none3, none3
+        else:
+            y, z_ws, gates, cs = ws["y"], ws["z"], ws["gates"], ws["cs"]
         get_backend().lstm_forward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], states0[0], states0[1], m,
                                    p["act_codes"], p["act_ab"], 0.0, False, self.go_backwards,
-                                   np.empty((T, B, 4 * H), dtype), y, hT, cT, none3, none3)
+                                   z_ws, y, hT, cT, gates, cs)
         return y, [hT, cT]
+
+    def _kernel_backward(self, ctx, dy, dfinal):
+        x_tm, ws, dtype = ctx["x_tm"], ctx["ws"], ctx["dtype"]
+        T, B, _ = x_tm.shape
+        H = self.units
+        p = self._params(dtype)
+        dw_x, add_x = self._grad_out(0, dtype)
+        dw_h, add_h = self._grad_out(1, dtype)
+        db, add_b = self._grad_out(2, dtype) if self.use_bias else (np.zeros(4 * H, dtype), False)
+        dh0, dc0 = np.empty((B, H), dtype), np.empty((B, H), dtype)
+        get_backend().lstm_backward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], ctx["states0"][0], ctx["states0"][1],
+                                    ctx["m"], p["act_codes"], p["act_ab"], 0.0, False, self.go_backwards,
+                                    ws["z"], ws["gates"], ws["cs"], ws["y"], dy, dfinal[0], dfinal[1],
+                                    ws["dz"], ws["dx"], dw_x, dw_h, db, np.zeros_like(p["p"]), dh0, dc0)
+        for k, (g, add) in enumerate(((dw_x, add_x), (dw_h, add_h), (db, add_b))):
+            if add:
+                self.grads[k] += g
+        return ws["dx"], [dh0, dc0]
 
     def get_config(self):
         cfg = super().get_config()
@@ -325,17 +444,48 @@ class GRU(RNN):
                     w_h=np.ascontiguousarray(self._weights[1], dtype=dtype),
                     b_x=b_x, b_h=b_h, act_codes=codes, act_ab=ab)
 
-    def _kernel_forward(self, x_tm, states0, m, dtype):
+    def _kernel_forward(self, x_tm, states0, m, dtype, ws=None):
         T, B, _ = x_tm.shape
         H = self.units
         p = self._params(dtype)
-        y = np.empty((T, B, H), dtype)
         hT = np.empty((B, H), dtype)
+        if ws is None:
+            y, z_ws, hz_ws = np.empty((T, B, H), dtype), np.empty((T, B, 3 * H), dtype), np.empty((T, B, 3 * H), dtype)
+            gates = np.empty((0, 0, 0), dtype)
+        else:
+            y, z_ws, hz_ws, gates = ws["y"], ws["z"], ws["z2"], ws["gates"]
         get_backend().gru_forward(x_tm, p["w_x"], p["w_h"], p["b_x"], p["b_h"], states0[0], m,
                                   p["act_codes"], p["act_ab"], 0.0, self.reset_after, self.go_backwards,
-                                  np.empty((T, B, 3 * H), dtype), np.empty((T, B, 3 * H), dtype), y, hT,
-                                  np.empty((0, 0, 0), dtype))
+                                  z_ws, hz_ws, y, hT, gates)
         return y, [hT]
+
+    def _kernel_backward(self, ctx, dy, dfinal):
+        x_tm, ws, dtype = ctx["x_tm"], ctx["ws"], ctx["dtype"]
+        T, B, _ = x_tm.shape
+        H = self.units
+        p = self._params(dtype)
+        dw_x, add_x = self._grad_out(0, dtype)
+        dw_h, add_h = self._grad_out(1, dtype)
+        if not self.use_bias:
+            db_x, db_h, add_b = np.zeros(3 * H, dtype), np.zeros(3 * H, dtype), None
+        elif self.reset_after:
+            db, add_b = self._grad_out(2, dtype)
+            db_x, db_h = db[0], db[1]
+        else:
+            db_x, add_b = self._grad_out(2, dtype)
+            db_h = np.zeros(3 * H, dtype)          # Keras reset_after=False has no recurrent bias
+        dh0 = np.empty((B, H), dtype)
+        get_backend().gru_backward(x_tm, p["w_x"], p["w_h"], p["b_x"], p["b_h"], ctx["states0"][0], ctx["m"],
+                                   p["act_codes"], p["act_ab"], 0.0, self.reset_after, self.go_backwards,
+                                   ws["z"], ws["z2"], ws["gates"], ws["y"], dy, dfinal[0],
+                                   ws["dz"], ws["dz2"], ws["dx"], dw_x, dw_h, db_x, db_h, dh0)
+        if add_x:
+            self.grads[0] += dw_x
+        if add_h:
+            self.grads[1] += dw_h
+        if add_b:
+            self.grads[2] += np.stack([db_x, db_h]) if self.reset_after else db_x
+        return ws["dx"], [dh0]
 
     def get_config(self):
         cfg = super().get_config()
@@ -364,18 +514,52 @@ class SimpleRNN(RNN):
         b = self._weights[2] if self.use_bias else np.zeros(self.units)
         return dict(w_x=self._weights[0].astype(dtype), w_h=self._weights[1].astype(dtype), b=b.astype(dtype))
 
-    def _kernel_forward(self, x_tm, states0, m, dtype):
+    def _kernel_forward(self, x_tm, states0, m, dtype, ws=None):
         p = self._params(dtype)
         code, alpha, beta = self._act_specs[0]
         T = x_tm.shape[0]
         z = x_tm @ p["w_x"] + p["b"]
         h = states0[0]
-        y = np.empty(z.shape, dtype)
+        y = np.empty(z.shape, dtype) if ws is None else ws["y"]
         for t in (range(T - 1, -1, -1) if self.go_backwards else range(T)):
-            h_new = kacts.activate(code, alpha, beta, z[t] + h @ p["w_h"])
+            a = z[t] + h @ p["w_h"]
+            if ws is not None:
+                ws["z"][t] = a
+            h_new = kacts.activate(code, alpha, beta, a)
             h = np.where(m[t].astype(bool)[:, None], h_new, h) if m.shape[0] else h_new
             y[t] = h
         return y, [h.copy()]
+
+    def _kernel_backward(self, ctx, dy, dfinal):
+        # h_t = act(a_t),  a_t = x_t @ w_x + h_{t-1} @ w_h + b;  a masked step carries h (and dh) through
+        x_tm, ws, dtype, m = ctx["x_tm"], ctx["ws"], ctx["dtype"], ctx["m"]
+        T, B, I = x_tm.shape
+        p = self._params(dtype)
+        code, alpha, beta = self._act_specs[0]
+        order = list(range(T - 1, -1, -1) if self.go_backwards else range(T))
+        da_all = np.zeros((T, B, self.units), dtype)
+        dw_h = np.zeros_like(p["w_h"])
+        dh = dfinal[0].copy()
+        for k in range(T - 1, -1, -1):
+            t = order[k]
+            h_prev = ws["y"][order[k - 1]] if k > 0 else ctx["states0"][0]
+            dh = dh + dy[t]
+            a = ws["z"][t]
+            da = dh * kacts.derivative(code, alpha, beta, a, kacts.activate(code, alpha, beta, a))
+            if m.shape[0]:
+                valid = m[t].astype(bool)[:, None]
+                da = np.where(valid, da, 0)
+                dh = np.where(valid, da @ p["w_h"].T, dh)
+            else:
+                dh = da @ p["w_h"].T
+            dw_h += h_prev.T @ da
+            da_all[t] = da
+        da2 = da_all.reshape(T * B, -1)
+        self.grads[0] += x_tm.reshape(T * B, I).T @ da2
+        self.grads[1] += dw_h
+        if self.use_bias:
+            self.grads[2] += da2.sum(axis=0)
+        return (da2 @ p["w_x"].T).reshape(T, B, I), [dh]
 
 
 class Bidirectional(Layer):
@@ -470,6 +654,51 @@ class Bidirectional(Layer):
         fw = self.forward_layer.call(x, mask=mask, initial_state=fw_init)
         bw = self.backward_layer.call(x, mask=mask, initial_state=bw_init)
         return self._merge(fw, bw)
+
+    def forward(self, inputs, mask=None, training=False, initial_state=None, **kwargs):
+        x = _as_float_input(self, inputs)
+        _check_rank3(self, x)
+        fw_init = bw_init = None
+        if initial_state is not None:
+            n = len(initial_state) // 2
+            fw_init, bw_init = initial_state[:n], initial_state[n:]
+        fw, cf = self.forward_layer.forward(x, mask=mask, training=training, initial_state=fw_init, **kwargs)
+        bw, cb = self.backward_layer.forward(x, mask=mask, training=training, initial_state=bw_init, **kwargs)
+        fw_main = fw[0] if self.return_state else fw
+        bw_main = bw[0] if self.return_state else bw
+        return self._merge(fw, bw), dict(cf=cf, cb=cb, fw=fw_main, bw=bw_main[:, ::-1] if self.return_sequences
+                                         else bw_main, has_init=initial_state is not None)
+
+    def backward(self, ctx, d_out):
+        n_out = 2 if self.merge_mode is None else 1
+        d_list = list(d_out) if isinstance(d_out, (list, tuple)) else [d_out]
+        d_main, d_states = d_list[:n_out], d_list[n_out:]
+        n_s = self.forward_layer.n_states
+        if self.merge_mode is None:
+            d_fw, d_bw = d_main
+        else:
+            d = d_main[0]
+            if d is None:
+                d_fw = d_bw = None
+            elif self.merge_mode == "concat":
+                d_fw, d_bw = d[..., :self.units], d[..., self.units:]
+            elif self.merge_mode == "sum":
+                d_fw = d_bw = d
+            elif self.merge_mode == "ave":
+                d_fw = d_bw = d / 2
+            else:  # mul
+                d_fw, d_bw = d * ctx["bw"], d * ctx["fw"]
+        if d_bw is not None and self.return_sequences:
+            d_bw = d_bw[:, ::-1]             # the backward layer's sequence was flipped back before merging
+        dx = None
+        for lyr, c, dm, ds in ((self.forward_layer, ctx["cf"], d_fw, d_states[:n_s]),
+                               (self.backward_layer, ctx["cb"], d_bw, d_states[n_s:])):
+            d_sub = [dm] + list(ds) + [None] * (n_s - len(ds)) if lyr.return_state else dm
+            dxi = lyr.backward(c, d_sub)
+            dx = dxi if dx is None else dx + dxi
+        if ctx["has_init"]:
+            ctx["d_initial_state"] = ctx["cf"]["d_initial_state"] + ctx["cb"]["d_initial_state"]
+        return dx
 
     def _merge(self, fw, bw):
         fw_states = bw_states = []

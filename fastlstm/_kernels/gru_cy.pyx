@@ -1,0 +1,472 @@
+"""GRU forward and backward in Cython: float32/float64 (fused), GIL released, BLAS from scipy.
+
+Same contract as gru_ref (read its docstrings). Layout time-major, C-contiguous, gate order z, r, n:
+    x (T, B, I)  w_x (I, 3H)  w_h (H, 3H) = [w_hz | w_hr | w_hn]  b_x, b_h (3H,)  h0 (B, H)  mask (T, B) | (0, 0)
+One valid step (a_f, a_g the activations given by code; clip optional on the three pre-activations):
+    xz, xr, xn = x_t @ w_x + b_x
+    reset_after:   hz, hr, hn = h_prev @ w_h + b_h;   z = a_f(xz + hz);  r = a_f(xr + hr);  n = a_g(xn + r * hn)
+    reset_before:  hz, hr = h_prev @ w_h[:, :2H] + b_h[:2H];  z, r as above;  n = a_g(xn + (r * h_prev) @ w_hn + b_hn)
+    h = z * h_prev + (1 - z) * n
+Backward (dh += dy[t] first; masked rows pass dh through):
+    dz_n = dh (1 - z) a_g'(z_n);  dz_z = dh (h_prev - n) a_f'(z_z);  dz_r = dr a_f'(z_r)
+    reset_after:   dr = dz_n * hn;  dhn = dz_n * r;  dh_prev = dh z + [dz_z, dz_r, dhn] @ w_h^T
+    reset_before:  drh = dz_n @ w_hn^T;  dr = drh * h_prev;  dh_prev = dh z + drh r + [dz_z, dz_r] @ w_h[:, :2H]^T
+Compute shape: one GEMM (T*B, I) @ (I, 3H) into z_ws (pre-filled with b_x, and b_hn for reset_before),
+per step the recurrent GEMM(s) (GEMV when B == 1) into hz_ws[t] and a gate pass per row; backward per step
+the gate pass and the dh_prev GEMM, then dw_x, dx, dw_h as GEMMs over all T*B rows.
+The default activations (sigmoid, tanh) with reset_after and no clip take one fused, vectorised loop per
+row; anything else takes the general pass on CH-column chunks in stack buffers. Nothing is allocated.
+"""
+from libc.string cimport memcpy, memset
+from cython cimport floating
+
+from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
+                                     sigmoid_fast, tanh_fast)
+from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, gemv
+
+cdef enum:
+    CH = 64          # columns per chunk in the general gate pass
+
+
+cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    memcpy(dst, src, n * sizeof(floating))
+
+
+cdef inline Py_ssize_t _step(Py_ssize_t k, Py_ssize_t T, bint reverse) noexcept nogil:
+    """time index of the k-th processed step"""
+    return T - 1 - k if reverse else k
+
+
+cdef inline void _recurrent(const floating* h, Py_ssize_t ldh, const floating* w, floating* out, Py_ssize_t B,
+                            Py_ssize_t H, Py_ssize_t N, Py_ssize_t ld) noexcept nogil:
+    """out (B, N; row stride ld) += h (B, H; row stride ldh) @ w (H, N; row stride ld)"""
+    if B == 1:
+        # out += w^T @ h
+        gemv(TRANS, <int>H, <int>N, <floating>1, w, <int>ld, h, <floating>1, out)
+    else:
+        # out += h @ w
+        gemm(NO_TRANS, NO_TRANS, <int>B, <int>N, <int>H, <floating>1, h, <int>ldh, w, <int>ld, <floating>1,
+             out, <int>ld)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# forward gate passes, one batch row each: zx (3H,) holds x_t @ w_x + b_x on entry and the final
+# pre-activations z_z, z_r, z_n on return; hh (3H,) the recurrent projections
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _fwd_row_fast(floating* zx, const floating* hh, const floating* h_prev, floating* h_out,
+                        floating* gates, Py_ssize_t H) noexcept nogil:
+    """reset_after, sigmoid / tanh, no clip; gates may be NULL."""
+    # results go to stack buffers first so that gcc vectorises without run-time alias checks
+    cdef floating zb[3][CH]
+    cdef floating ab[3][CH]
+    cdef floating hb[CH]
+    cdef floating one = 1
+    cdef Py_ssize_t ck, j0, j, n, q
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        n = H - j0 if H - j0 < CH else CH
+        # z = sigmoid(xz + hz);  r = sigmoid(xr + hr);  n = tanh(xn + r * hn);  h = z * h_prev + (1 - z) * n
+        for j in range(n):
+            zb[0][j] = zx[j0 + j] + hh[j0 + j]
+            zb[1][j] = zx[H + j0 + j] + hh[H + j0 + j]
+            ab[0][j] = sigmoid_fast(zb[0][j])
+            ab[1][j] = sigmoid_fast(zb[1][j])
+            zb[2][j] = zx[2 * H + j0 + j] + ab[1][j] * hh[2 * H + j0 + j]
+            ab[2][j] = tanh_fast(zb[2][j])
+            hb[j] = ab[0][j] * h_prev[j0 + j] + (one - ab[0][j]) * ab[2][j]
+        _copy(h_out + j0, hb, n)
+        for q in range(3):
+            _copy(zx + q * H + j0, zb[q], n)
+            if gates != NULL:
+                _copy(gates + q * H + j0, ab[q], n)
+
+
+cdef void _fwd_row_after(floating* zx, const floating* hh, const floating* h_prev, floating* h_out,
+                         floating* gates, const int* codes, const double* ab, floating clip,
+                         Py_ssize_t H) noexcept nogil:
+    """reset_after, any activations and clip; gates may be NULL."""
+    cdef floating az[CH]
+    cdef floating ar[CH]
+    cdef floating an[CH]
+    cdef floating *zz
+    cdef floating *zr
+    cdef floating *zn
+    cdef Py_ssize_t ck, j0, j, n
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        n = H - j0 if H - j0 < CH else CH
+        zz, zr, zn = zx + j0, zx + H + j0, zx + 2 * H + j0
+        # z_z = xz + hz;  z_r = xr + hr
+        for j in range(n):
+            zz[j] += hh[j0 + j]
+            zr[j] += hh[H + j0 + j]
+        if clip > 0:
+            clip_inplace(zz, n, clip)
+            clip_inplace(zr, n, clip)
+        apply_act(codes[0], ab[0], ab[1], zz, az, n)
+        apply_act(codes[0], ab[0], ab[1], zr, ar, n)
+        # z_n = xn + r * hn
+        for j in range(n):
+            zn[j] += ar[j] * hh[2 * H + j0 + j]
+        if clip > 0:
+            clip_inplace(zn, n, clip)
+        apply_act(codes[1], ab[2], ab[3], zn, an, n)
+        # h = z * h_prev + (1 - z) * n
+        for j in range(n):
+            h_out[j0 + j] = az[j] * h_prev[j0 + j] + (<floating>1 - az[j]) * an[j]
+        if gates != NULL:
+            _copy(gates + j0, az, n)
+            _copy(gates + H + j0, ar, n)
+            _copy(gates + 2 * H + j0, an, n)
+
+
+cdef void _fwd_row_before_zr(floating* zx, const floating* hh, const floating* h_prev, floating* rh,
+                             floating* z_keep, floating* r_keep, const int* codes, const double* ab,
+                             floating clip, Py_ssize_t H) noexcept nogil:
+    """reset_before, first half: z, r into z_keep, r_keep (r_keep may be NULL), rh = r * h_prev."""
+    cdef floating ar[CH]
+    cdef floating *zz
+    cdef floating *zr
+    cdef Py_ssize_t ck, j0, j, n
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        n = H - j0 if H - j0 < CH else CH
+        zz, zr = zx + j0, zx + H + j0
+        for j in range(n):
+            zz[j] += hh[j0 + j]
+            zr[j] += hh[H + j0 + j]
+        if clip > 0:
+            clip_inplace(zz, n, clip)
+            clip_inplace(zr, n, clip)
+        apply_act(codes[0], ab[0], ab[1], zz, z_keep + j0, n)
+        apply_act(codes[0], ab[0], ab[1], zr, ar, n)
+        for j in range(n):
+            rh[j0 + j] = ar[j] * h_prev[j0 + j]
+        if r_keep != NULL:
+            _copy(r_keep + j0, ar, n)
+
+
+cdef void _fwd_row_before_n(floating* zn, const floating* z_keep, const floating* h_prev, floating* h_out,
+                            floating* n_keep, const int* codes, const double* ab, floating clip,
+                            Py_ssize_t H) noexcept nogil:
+    """reset_before, second half: zn (H,) holds xn + (r * h_prev) @ w_hn + b_hn. z_keep may be h_out."""
+    cdef floating an[CH]
+    cdef Py_ssize_t ck, j0, j, n
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        n = H - j0 if H - j0 < CH else CH
+        if clip > 0:
+            clip_inplace(zn + j0, n, clip)
+        apply_act(codes[1], ab[2], ab[3], zn + j0, an, n)
+        for j in range(n):
+            h_out[j0 + j] = z_keep[j0 + j] * h_prev[j0 + j] + (<floating>1 - z_keep[j0 + j]) * an[j]
+        if n_keep != NULL:
+            _copy(n_keep + j0, an, n)
+
+
+cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w_h, const floating* b_x,
+                       const floating* b_h, const floating* h0, const unsigned char* mask, const int* codes,
+                       const double* ab, floating clip, bint reset_after, bint reverse, floating* z_ws,
+                       floating* hz_ws, floating* y, floating* hT, floating* gates_out, Py_ssize_t T,
+                       Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H, r, k, t, bi, j, row
+    cdef bint training = gates_out != NULL, valid
+    cdef bint fast = codes[0] == SIGMOID and codes[1] == TANH and clip <= 0
+    cdef const floating *h_prev = h0
+    cdef floating *zt
+    cdef floating *hzt
+    cdef floating *yt
+    cdef floating *gt
+    # z_ws = b_x (+ b_hn on the n slice for reset_before), then z_ws += x @ w_x   (all T*B rows at once)
+    for r in range(T * B):
+        _copy(z_ws + r * G, b_x, G)
+        if not reset_after:
+            for j in range(H):
+                z_ws[r * G + 2 * H + j] += b_h[2 * H + j]
+    gemm(NO_TRANS, NO_TRANS, <int>(T * B), <int>G, <int>I, <floating>1, x, <int>I, w_x, <int>G,
+         <floating>1, z_ws, <int>G)
+    for k in range(T):
+        t = _step(k, T, reverse)
+        zt = z_ws + t * B * G
+        hzt = hz_ws + t * B * G
+        yt = y + t * B * H
+        gt = gates_out + t * B * G if training else NULL
+        if reset_after:
+            # hz_ws[t] = h_prev @ w_h + b_h
+            for bi in range(B):
+                _copy(hzt + bi * G, b_h, G)
+            _recurrent(h_prev, H, w_h, hzt, B, H, G, G)
+            for bi in range(B):
+                row = t * B + bi
+                valid = mask == NULL or mask[row] != 0
+                if not valid and not training:
+                    _copy(yt + bi * H, h_prev + bi * H, H)
+                    continue
+                if fast:
+                    _fwd_row_fast(zt + bi * G, hzt + bi * G, h_prev + bi * H, yt + bi * H,
+                                  gt + bi * G if training else NULL, H)
+                else:
+                    _fwd_row_after(zt + bi * G, hzt + bi * G, h_prev + bi * H, yt + bi * H,
+                                   gt + bi * G if training else NULL, codes, ab, clip, H)
+                if not valid:
+                    _copy(yt + bi * H, h_prev + bi * H, H)
+        else:
+            # hz_ws[t][:, :2H] = h_prev @ w_h[:, :2H] + b_h[:2H]
+            for bi in range(B):
+                _copy(hzt + bi * G, b_h, 2 * H)
+            _recurrent(h_prev, H, w_h, hzt, B, H, 2 * H, G)
+            # z, r; hz_ws[t][:, 2H:] = r * h_prev. z is kept in gates_out, or in y_out[t] until h replaces it
+            for bi in range(B):
+                _fwd_row_before_zr(zt + bi * G, hzt + bi * G, h_prev + bi * H, hzt + bi * G + 2 * H,
+                                   gt + bi * G if training else yt + bi * H,
+                                   gt + bi * G + H if training else NULL, codes, ab, clip, H)
+            # z_ws[t][:, 2H:] += (r * h_prev) @ w_h[:, 2H:]   (b_hn is already in z_ws)
+            _recurrent(hzt + 2 * H, G, w_h + 2 * H, zt + 2 * H, B, H, H, G)
+            for bi in range(B):
+                row = t * B + bi
+                _fwd_row_before_n(zt + bi * G + 2 * H, gt + bi * G if training else yt + bi * H,
+                                  h_prev + bi * H, yt + bi * H, gt + bi * G + 2 * H if training else NULL,
+                                  codes, ab, clip, H)
+                if mask != NULL and mask[row] == 0:
+                    _copy(yt + bi * H, h_prev + bi * H, H)
+        h_prev = yt
+    _copy(hT, h_prev, B * H)
+
+
+def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
+                const floating[::1] b_x, const floating[::1] b_h, const floating[:, ::1] h0,
+                const unsigned char[:, ::1] mask, const int[::1] act_codes, const double[:, ::1] act_ab,
+                double clip, bint reset_after, bint reverse, floating[:, :, ::1] z_ws, floating[:, :, ::1] hz_ws,
+                floating[:, :, ::1] y_out, floating[:, ::1] hT_out, floating[:, :, ::1] gates_out):
+    """GRU over T steps. Same contract as gru_ref.gru_forward.
+    IN   x (T, B, I)  w_x (I, 3H)  w_h (H, 3H)  b_x, b_h (3H,)  h0 (B, H)  mask (T, B) | (0, 0)
+    SCRATCH z_ws, hz_ws (T, B, 3H)
+    OUT  y_out (T, B, H)  hT_out (B, H);  gates_out (T, B, 3H) | (0, 0, 0)
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0]
+    cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
+    cdef floating *g_ptr = &gates_out[0, 0, 0] if gates_out.shape[0] > 0 else NULL
+    with nogil:
+        _gru_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b_x[0], &b_h[0], &h0[0, 0], m_ptr, &act_codes[0],
+                     &act_ab[0, 0], <floating>clip, reset_after, reverse, &z_ws[0, 0, 0], &hz_ws[0, 0, 0],
+                     &y_out[0, 0, 0], &hT_out[0, 0], g_ptr, T, B, I, H)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backward gate passes, one valid batch row each
+# ---------------------------------------------------------------------------------------------------------
+
+cdef void _bwd_row_fast(const floating* gates, const floating* hh, const floating* h_prev, floating* dh,
+                        floating* dz, floating* dhz, floating* db_x, floating* db_h, Py_ssize_t H) noexcept nogil:
+    """reset_after, sigmoid / tanh, no clip. dh becomes dh * z (the GEMM then adds dhz @ w_h^T)."""
+    cdef floating dzb[3][CH]              # stack buffers for the results (see _fwd_row_fast)
+    cdef floating dhnb[CH]
+    cdef floating dhb[CH]
+    cdef floating z, r, n, d, one = 1
+    cdef Py_ssize_t ck, j0, j, m, q
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        m = H - j0 if H - j0 < CH else CH
+        for j in range(m):
+            z = gates[j0 + j]
+            r = gates[H + j0 + j]
+            n = gates[2 * H + j0 + j]
+            d = dh[j0 + j]
+            dzb[2][j] = d * (one - z) * (one - n * n)
+            dzb[0][j] = d * (h_prev[j0 + j] - n) * (z * (one - z))
+            dzb[1][j] = dzb[2][j] * hh[2 * H + j0 + j] * (r * (one - r))
+            dhnb[j] = dzb[2][j] * r
+            dhb[j] = d * z
+        _copy(dh + j0, dhb, m)
+        for q in range(3):
+            _copy(dz + q * H + j0, dzb[q], m)
+            for j in range(m):
+                db_x[q * H + j0 + j] += dzb[q][j]
+        for q in range(2):
+            _copy(dhz + q * H + j0, dzb[q], m)
+            for j in range(m):
+                db_h[q * H + j0 + j] += dzb[q][j]
+        _copy(dhz + 2 * H + j0, dhnb, m)
+        for j in range(m):
+            db_h[2 * H + j0 + j] += dhnb[j]
+
+
+cdef void _bwd_row_zn(const floating* zx, const floating* gates, const floating* h_prev, const floating* dh,
+                      floating* dz, floating* dhz, const int* codes, const double* ab, floating clip,
+                      Py_ssize_t H) noexcept nogil:
+    """dz_z, dz_n into dz and dhz (dhz's n slice gets dz_n: reset_before's dhn, reset_after fixes it)."""
+    cdef const floating *gz = gates
+    cdef const floating *gn = gates + 2 * H
+    cdef Py_ssize_t ck, j0, j, n
+    for ck in range((H + CH - 1) // CH):
+        j0 = ck * CH
+        n = H - j0 if H - j0 < CH else CH
+        # dz_n = dh (1 - z) a_g'(z_n);  dz_z = dh (h_prev - n) a_f'(z_z)
+        apply_dact(codes[1], ab[2], ab[3], zx + 2 * H + j0, gn + j0, dz + 2 * H + j0, n)
+        apply_dact(codes[0], ab[0], ab[1], zx + j0, gz + j0, dz + j0, n)
+        for j in range(j0, j0 + n):
+            dz[2 * H + j] = dh[j] * (<floating>1 - gz[j]) * dz[2 * H + j]
+            dz[j] = dh[j] * (h_prev[j] - gn[j]) * dz[j]
+        if clip > 0:
+            clip_grad(dz + 2 * H + j0, zx + 2 * H + j0, n, clip)
+            clip_grad(dz + j0, zx + j0, n, clip)
+    _copy(dhz, dz, H)
+    _copy(dhz + 2 * H, dz + 2 * H, H)
+
+
+cdef void _bwd_row_after(const floating* zx, const floating* gates, const floating* hh,
+                         const floating* h_prev, floating* dh, floating* dz, floating* dhz, floating* db_x,
+                         floating* db_h, const int* codes, const double* ab, floating clip,
+                         Py_ssize_t H) noexcept nogil:
+    """reset_after, any activations / clip: dr = dz_n * hn, dhn = dz_n * r; dh becomes dh * z."""
+    cdef Py_ssize_t j
+    _bwd_row_zn(zx, gates, h_prev, dh, dz, dhz, codes, ab, clip, H)
+    apply_dact(codes[0], ab[0], ab[1], zx + H, gates + H, dz + H, H)
+    for j in range(H):
+        dz[H + j] = dz[2 * H + j] * hh[2 * H + j] * dz[H + j]
+    if clip > 0:
+        clip_grad(dz + H, zx + H, H, clip)
+    for j in range(H):
+        dhz[H + j] = dz[H + j]
+        dhz[2 * H + j] = dz[2 * H + j] * gates[H + j]
+        dh[j] = dh[j] * gates[j]
+    for j in range(3 * H):
+        db_x[j] += dz[j]
+        db_h[j] += dhz[j]
+
+
+cdef void _bwd_row_before_r(const floating* zx, const floating* gates, const floating* h_prev, floating* dh,
+                            floating* dz, floating* dhz, floating* db_x, floating* db_h, const int* codes,
+                            const double* ab, floating clip, Py_ssize_t H) noexcept nogil:
+    """reset_before, after drh = dz_n @ w_hn^T landed in dhz[H:2H]: dr = drh * h_prev, dh = dh z + drh r."""
+    cdef Py_ssize_t j
+    cdef floating drh
+    apply_dact(codes[0], ab[0], ab[1], zx + H, gates + H, dz + H, H)
+    for j in range(H):
+        drh = dhz[H + j]
+        dz[H + j] = drh * h_prev[j] * dz[H + j]
+        dh[j] = dh[j] * gates[j] + drh * gates[H + j]
+    if clip > 0:
+        clip_grad(dz + H, zx + H, H, clip)
+    for j in range(H):
+        dhz[H + j] = dz[H + j]
+    for j in range(3 * H):
+        db_x[j] += dz[j]
+        db_h[j] += dhz[j]
+
+
+cdef void _gru_backward(const floating* x, const floating* w_x, const floating* w_h, const floating* h0,
+                        const unsigned char* mask, const int* codes, const double* ab, floating clip,
+                        bint reset_after, bint reverse, const floating* z_ws, const floating* hz_ws,
+                        const floating* gates, const floating* y, const floating* dy, floating* dz_ws,
+                        floating* dhz_ws, floating* dx, floating* dw_x, floating* dw_h, floating* db_x,
+                        floating* db_h, floating* dh, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                        Py_ssize_t H) noexcept nogil:
+    """dh holds dhT on entry and dh0 on return."""
+    cdef Py_ssize_t G = 3 * H, k, t, bi, e, row, first
+    cdef bint fast = codes[0] == SIGMOID and codes[1] == TANH and clip <= 0 and reset_after
+    cdef const floating *h_prev
+    cdef floating *dzt
+    cdef floating *dhzt
+    cdef int N = <int>G if reset_after else <int>(2 * H)
+    if T == 0:
+        return
+    for k in range(T - 1, -1, -1):
+        t = _step(k, T, reverse)
+        h_prev = y + _step(k - 1, T, reverse) * B * H if k > 0 else h0
+        dzt = dz_ws + t * B * G
+        dhzt = dhz_ws + t * B * G
+        # dh += dy[t]
+        for e in range(B * H):
+            dh[e] += dy[t * B * H + e]
+        for bi in range(B):
+            row = t * B + bi
+            if mask != NULL and mask[row] == 0:
+                memset(dzt + bi * G, 0, G * sizeof(floating))      # dh passes through
+                memset(dhzt + bi * G, 0, G * sizeof(floating))
+            elif fast:
+                _bwd_row_fast(gates + row * G, hz_ws + row * G, h_prev + bi * H, dh + bi * H, dzt + bi * G,
+                              dhzt + bi * G, db_x, db_h, H)
+            elif reset_after:
+                _bwd_row_after(z_ws + row * G, gates + row * G, hz_ws + row * G, h_prev + bi * H, dh + bi * H,
+                               dzt + bi * G, dhzt + bi * G, db_x, db_h, codes, ab, clip, H)
+            else:
+                _bwd_row_zn(z_ws + row * G, gates + row * G, h_prev + bi * H, dh + bi * H, dzt + bi * G,
+                            dhzt + bi * G, codes, ab, clip, H)
+        if reset_after:
+            # dh += dhz_t @ w_h^T
+            if B == 1:
+                gemv(NO_TRANS, <int>H, <int>G, <floating>1, w_h, <int>G, dhzt, <floating>1, dh)
+            else:
+                gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>G, <floating>1, dhzt, <int>G, w_h, <int>G,
+                     <floating>1, dh, <int>H)
+        else:
+            # dhz_t[:, H:2H] = dz_n @ w_h[:, 2H:]^T   (d(r * h_prev), parked in the dz_r slot; masked rows 0)
+            if B == 1:
+                gemv(NO_TRANS, <int>H, <int>H, <floating>1, w_h + 2 * H, <int>G, dzt + 2 * H, <floating>0,
+                     dhzt + H)
+            else:
+                gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>H, <floating>1, dzt + 2 * H, <int>G, w_h + 2 * H,
+                     <int>G, <floating>0, dhzt + H, <int>G)
+            for bi in range(B):
+                row = t * B + bi
+                if mask == NULL or mask[row] != 0:
+                    _bwd_row_before_r(z_ws + row * G, gates + row * G, h_prev + bi * H, dh + bi * H,
+                                      dzt + bi * G, dhzt + bi * G, db_x, db_h, codes, ab, clip, H)
+            # dh += dhz_t[:, :2H] @ w_h[:, :2H]^T
+            if B == 1:
+                gemv(NO_TRANS, <int>H, <int>(2 * H), <floating>1, w_h, <int>G, dhzt, <floating>1, dh)
+            else:
+                gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>(2 * H), <floating>1, dhzt, <int>G, w_h, <int>G,
+                     <floating>1, dh, <int>H)
+    # dw_x += x^T @ dz   over all T*B rows
+    gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
+         <floating>1, dw_x, <int>G)
+    # dx = dz @ w_x^T
+    gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
+         <floating>0, dx, <int>I)
+    # dw_h (all of it for reset_after, [:, :2H] for reset_before) += H_prev^T @ dhz, H_prev = y shifted by
+    # one processed step with h0 first: one (B, H) GEMM for h0 and one over the other (T-1)*B rows
+    first = _step(0, T, reverse)
+    # dw_h[:, :N] += h0^T @ dhz[first][:, :N]
+    gemm(TRANS, NO_TRANS, <int>H, N, <int>B, <floating>1, h0, <int>H, dhz_ws + first * B * G, <int>G,
+         <floating>1, dw_h, <int>G)
+    if T > 1:
+        if reverse:
+            # dw_h[:, :N] += y[1:]^T @ dhz[:-1][:, :N]
+            gemm(TRANS, NO_TRANS, <int>H, N, <int>((T - 1) * B), <floating>1, y + B * H, <int>H, dhz_ws,
+                 <int>G, <floating>1, dw_h, <int>G)
+        else:
+            # dw_h[:, :N] += y[:-1]^T @ dhz[1:][:, :N]
+            gemm(TRANS, NO_TRANS, <int>H, N, <int>((T - 1) * B), <floating>1, y, <int>H, dhz_ws + B * G,
+                 <int>G, <floating>1, dw_h, <int>G)
+    if not reset_after:
+        # dw_h[:, 2H:] += (r * h_prev)^T @ dz_n   (r * h_prev is hz_ws[:, :, 2H:])
+        gemm(TRANS, NO_TRANS, <int>H, <int>H, <int>(T * B), <floating>1, hz_ws + 2 * H, <int>G,
+             dhz_ws + 2 * H, <int>G, <floating>1, dw_h + 2 * H, <int>G)
+
+
+def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
+                 const floating[::1] b_x, const floating[::1] b_h, const floating[:, ::1] h0,
+                 const unsigned char[:, ::1] mask, const int[::1] act_codes, const double[:, ::1] act_ab,
+                 double clip, bint reset_after, bint reverse, const floating[:, :, ::1] z_ws,
+                 const floating[:, :, ::1] hz_ws, const floating[:, :, ::1] gates, const floating[:, :, ::1] y,
+                 const floating[:, :, ::1] dy, const floating[:, ::1] dhT, floating[:, :, ::1] dz_ws,
+                 floating[:, :, ::1] dhz_ws, floating[:, :, ::1] dx_out, floating[:, ::1] dw_x_out,
+                 floating[:, ::1] dw_h_out, floating[::1] db_x_out, floating[::1] db_h_out,
+                 floating[:, ::1] dh0_out):
+    """Backpropagation through time for gru_forward. Same contract as gru_ref.gru_backward.
+    IN   the forward's inputs;  z_ws, hz_ws, gates (T, B, 3H), y, dy (T, B, H);  dhT (B, H)
+    SCRATCH dz_ws, dhz_ws (T, B, 3H)
+    OUT  dx_out (T, B, I), dh0_out (B, H) overwritten;  dw_x_out (I, 3H), dw_h_out (H, 3H), db_x_out,
+         db_h_out (3H,) accumulated
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0]
+    cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
+    with nogil:
+        _copy(&dh0_out[0, 0], &dhT[0, 0], B * H)
+        _gru_backward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &h0[0, 0], m_ptr, &act_codes[0], &act_ab[0, 0],
+                      <floating>clip, reset_after, reverse, &z_ws[0, 0, 0], &hz_ws[0, 0, 0], &gates[0, 0, 0],
+                      &y[0, 0, 0], &dy[0, 0, 0], &dz_ws[0, 0, 0], &dhz_ws[0, 0, 0], &dx_out[0, 0, 0],
+                      &dw_x_out[0, 0], &dw_h_out[0, 0], &db_x_out[0], &db_h_out[0], &dh0_out[0, 0], T, B, I, H)

@@ -1,0 +1,206 @@
+"""LSTM forward and backward as Numba kernels: same signatures and contract as lstm_ref (read it there).
+
+Layout: time-major x (T, B, I), w_x (I, 4H), w_h (H, 4H), b (4H,), p (3, H) | (0, H); one dtype (float32 or
+float64), C-contiguous. Gate order i, f, g, o. For one valid step (a_f, a_g, a_h = the three activations):
+    z = x_t @ w_x + h_prev @ w_h + b;   z_i += p_i * c_prev;  z_f += p_f * c_prev;  clip(z_i, z_f, z_g)
+    i = a_f(z_i);  f = a_f(z_f) (input_forget: 1 - i);  g = a_g(z_g);  c = f * c_prev + i * g
+    z_o += p_o * c;  clip(z_o);  o = a_f(z_o);  h = o * a_h(c)        (masked step: h, c = h_prev, c_prev)
+Compute shape: z_ws = X @ W_x for all T*B rows (one GEMM; b is added in the gate pass), then per step
+hz = h_prev @ W_h (one GEMM into a (B, 4H) buffer) and one fused pass per row: bias, peepholes, clip,
+activations, cell update, mask. The running cell state lives in cT_out, h_prev is y_out[t_prev] (or h0).
+Backward: steps in reverse; per step one fused pass per row giving dz, then dh_prev = dz @ W_h^T (one GEMM);
+dW_x, dW_h, db and dx are GEMMs / sums over all steps at the end. No allocation inside the step loops.
+"""
+import numpy as np
+from numba import njit
+
+from ..config import NUMBA_FLAGS
+from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
+                            clip_grad_row, clip_row, dact_row)
+
+
+@njit(**NUMBA_FLAGS)
+def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
+                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out):
+    """Same contract as lstm_ref.lstm_forward.
+    IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
+    SCRATCH z_ws (T, B, 4H)
+    OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) | (0, 0, 0)
+    """
+    T, B, I = x.shape
+    H = w_h.shape[0]
+    G = 4 * H
+    training = gates_out.shape[0] > 0
+    has_mask = mask.shape[0] > 0
+    peep = p.shape[0] > 0
+    f_code, g_code, h_code = act_codes[0], act_codes[1], act_codes[2]
+    f_a, f_b, g_a, g_b, h_a, h_b = act_ab[0, 0], act_ab[0, 1], act_ab[1, 0], act_ab[1, 1], act_ab[2, 0], act_ab[2, 1]
+    clip_t = cast_like(clip, z_ws)
+    # z_ws = X @ W_x   for all T*B rows at once
+    if T * B > 0:
+        np.dot(x.reshape(T * B, I), w_x, z_ws.reshape(T * B, G))
+    cT_out[:] = c0
+    hz = np.empty((B, G), z_ws.dtype)          # h_prev @ W_h
+    gate_buf = np.empty(G, z_ws.dtype)         # activated gates when not training
+    c_buf = np.empty(H, z_ws.dtype)            # candidate cell of a masked row
+    ac = np.empty(H, z_ws.dtype)               # a_h(c)
+    h_prev = h0
+    for k in range(T):
+        t = T - 1 - k if reverse else k
+        # hz = h_prev @ W_h
+        np.dot(h_prev, w_h, hz)
+        for r in range(B):
+            z = z_ws[t, r]
+            hzr = hz[r]
+            c = cT_out[r]
+            gate = gates_out[t, r] if training else gate_buf
+            valid = (not has_mask) or mask[t, r] != 0
+            zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:]
+            gi, gf, gg, go = gate[:H], gate[H:2 * H], gate[2 * H:3 * H], gate[3 * H:]
+            # z = (x_t @ w_x + b) + h_prev @ w_h   (the reference's rounding order)
+            for j in range(G):
+                z[j] = (z[j] + b[j]) + hzr[j]
+            if peep:
+                for j in range(H):
+                    zi[j] += p[0, j] * c[j]
+                    zf[j] += p[1, j] * c[j]
+            if clip > 0:
+                clip_row(z[:3 * H], clip_t)
+            # i, f, g
+            act_row(f_code, f_a, f_b, zi, gi)
+            if input_forget:
+                for j in range(H):
+                    gf[j] = ONE - gi[j]
+            else:
+                act_row(f_code, f_a, f_b, zf, gf)
+            act_row(g_code, g_a, g_b, zg, gg)
+            # c_new = f * c_prev + i * g   (in place in the state unless the row is masked)
+            c_new = c if valid else c_buf
+            for j in range(H):
+                c_new[j] = gf[j] * c[j] + gi[j] * gg[j]
+            if peep:
+                for j in range(H):
+                    zo[j] += p[2, j] * c_new[j]
+            if clip > 0:
+                clip_row(zo, clip_t)
+            act_row(f_code, f_a, f_b, zo, go)
+            # h = o * a_h(c_new), or the carried h_prev for a masked row
+            y = y_out[t, r]
+            if valid:
+                act_row(h_code, h_a, h_b, c_new, ac)
+                for j in range(H):
+                    y[j] = go[j] * ac[j]
+            else:
+                y[:] = h_prev[r]
+            if training:
+                cs_out[t, r, :] = c
+        h_prev = y_out[t]
+    hT_out[:] = h_prev
+
+
+@njit(**NUMBA_FLAGS)
+def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
+                  z_ws, gates, cs, y, dy, dhT, dcT,
+                  dz_ws, dx_out, dw_x_out, dw_h_out, db_out, dp_out, dh0_out, dc0_out):
+    """Same contract as lstm_ref.lstm_backward.
+    IN   forward inputs;  z_ws, gates (T, B, 4H), cs (T, B, H), y (T, B, H);  dy (T, B, H), dhT, dcT (B, H)
+    SCRATCH dz_ws (T, B, 4H)
+    OUT  dx_out (T, B, I), dh0_out, dc0_out (B, H);  += into dw_x_out (I, 4H), dw_h_out (H, 4H), db_out (4H,),
+         dp_out (3, H) | (0, H)
+    """
+    T, B, I = x.shape
+    H = w_h.shape[0]
+    G = 4 * H
+    has_mask = mask.shape[0] > 0
+    peep = p.shape[0] > 0
+    use_clip = clip > 0
+    f_code, g_code, h_code = act_codes[0], act_codes[1], act_codes[2]
+    f_a, f_b, g_a, g_b, h_a, h_b = act_ab[0, 0], act_ab[0, 1], act_ab[1, 0], act_ab[1, 1], act_ab[2, 0], act_ab[2, 1]
+    clip_t = cast_like(clip, dz_ws)
+    dh = dhT.copy()
+    dh_next = np.empty_like(dh)
+    dc0_out[:] = dcT                            # the running dc lives in dc0_out
+    dc = dc0_out
+    ac = np.empty(H, dz_ws.dtype)               # a_h(c)
+    d_ac = np.empty(H, dz_ws.dtype)             # a_h'(c)
+    d_act = np.empty(G, dz_ws.dtype)            # a'(z) for the four gates
+    d_i, d_f, d_g, d_o = d_act[:H], d_act[H:2 * H], d_act[2 * H:3 * H], d_act[3 * H:]
+    for k in range(T - 1, -1, -1):
+        t = T - 1 - k if reverse else k
+        t_prev = t + 1 if reverse else t - 1
+        c_prev = cs[t_prev] if k > 0 else c0
+        for r in range(B):
+            dz = dz_ws[t, r]
+            dhr = dh[r]
+            dyr = dy[t, r]
+            if has_mask and mask[t, r] == 0:
+                # a masked step passes dh (plus dy[t]) and dc through; dz = 0
+                dz[:] = 0
+                for j in range(H):
+                    dhr[j] += dyr[j]
+                continue
+            z = z_ws[t, r]
+            gate = gates[t, r]
+            c = cs[t, r]
+            cp = c_prev[r]
+            dcr = dc[r]
+            zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:]
+            gi, gf, gg, go = gate[:H], gate[H:2 * H], gate[2 * H:3 * H], gate[3 * H:]
+            dzi, dzf, dzg, dzo = dz[:H], dz[H:2 * H], dz[2 * H:3 * H], dz[3 * H:]
+            act_row(h_code, h_a, h_b, c, ac)
+            dact_row(h_code, h_a, h_b, c, ac, d_ac)
+            dact_row(f_code, f_a, f_b, zi, gi, d_i)
+            if not input_forget:
+                dact_row(f_code, f_a, f_b, zf, gf, d_f)
+            dact_row(g_code, g_a, g_b, zg, gg, d_g)
+            dact_row(f_code, f_a, f_b, zo, go, d_o)
+            # h = o * a_h(c):  dzo = dh * a_h(c) * a_f'(zo),  dc += dh * o * a_h'(c)
+            for j in range(H):
+                dhj = dhr[j] + dyr[j]
+                dzo[j] = dhj * ac[j] * d_o[j]
+                dcr[j] += dhj * go[j] * d_ac[j]
+            if use_clip:
+                clip_grad_row(dzo, zo, clip_t)
+            if peep:
+                for j in range(H):
+                    dcr[j] += dzo[j] * p[2, j]
+            # c = f * c_prev + i * g;  dc_prev = dc * f
+            if input_forget:      # f = 1 - i
+                for j in range(H):
+                    dct = dcr[j]
+                    dzi[j] = (dct * gg[j] - dct * cp[j]) * d_i[j]
+                    dzf[j] = 0
+                    dzg[j] = dct * gi[j] * d_g[j]
+                    dcr[j] = dct * gf[j]
+            else:
+                for j in range(H):
+                    dct = dcr[j]
+                    dzi[j] = dct * gg[j] * d_i[j]
+                    dzf[j] = dct * cp[j] * d_f[j]
+                    dzg[j] = dct * gi[j] * d_g[j]
+                    dcr[j] = dct * gf[j]
+            if use_clip:
+                clip_grad_row(dz[:3 * H], z[:3 * H], clip_t)
+            if peep:
+                for j in range(H):
+                    dcr[j] += dzi[j] * p[0, j] + dzf[j] * p[1, j]
+                    dp_out[0, j] += dzi[j] * cp[j]
+                    dp_out[1, j] += dzf[j] * cp[j]
+                    dp_out[2, j] += dzo[j] * c[j]
+        # dh_prev = dz @ W_h^T  (masked rows keep dh)
+        np.dot(dz_ws[t], w_h.T, dh_next)
+        if has_mask:
+            for r in range(B):
+                if mask[t, r] == 0:
+                    dh_next[r, :] = dh[r]
+        dh, dh_next = dh_next, dh
+    dh0_out[:] = dh
+    if T * B == 0:
+        return
+    dz2 = dz_ws.reshape(T * B, G)
+    # dW_h += sum_t h_prev(t)^T @ dz(t)
+    add_hprev_outer(dw_h_out, y, h0, dz2, reverse)
+    # dW_x += X^T @ dZ,  db += sum dZ,  dX = dZ @ W_x^T   over all T*B rows at once
+    add_outer_product(dw_x_out, x.reshape(T * B, I), dz2)
+    add_column_sums(db_out, dz2)
+    np.dot(dz2, w_x.T, dx_out.reshape(T * B, I))

@@ -1,0 +1,280 @@
+"""1-D convolution and pooling layers (Keras 3 arguments and semantics, inference only).
+
+Shapes are channels_last (batch, steps, channels) unless data_format="channels_first" (batch, channels, steps).
+
+    Conv1D:   y[b, t, f] = act(sum_{j, c} xp[b, t*s + j*d, c] * kernel[j, c, f] + bias[f])
+              xp = x padded: valid -> none; same -> total max((L_out-1)*s + d*(k-1)+1 - L, 0), left = total//2;
+              causal -> d*(k-1) zeros on the left. L_out = ceil(L/s) for same, else floor((Lp - d*(k-1) - 1)/s)+1.
+    Pooling:  windows of pool_size every `strides` steps; 'same' pads like Conv1D, and the padded cells are
+              ignored (max over real values, average over the real count).
+Masks: Keras drops the mask at Conv1D and the pooling layers (they do not support masking);
+GlobalAveragePooling1D averages over the unmasked steps only; GlobalMaxPooling1D ignores the mask (Keras 3).
+"""
+import math
+
+import numpy as np
+
+from .. import activations, initializers
+from .base import Layer, float_dtype
+
+
+def _as_float(layer, x):
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"layer {layer.name!r} ({type(layer).__name__}) expects a numeric array, got dtype {x.dtype}")
+    return x.astype(float_dtype(x), copy=False)
+
+
+def _check_rank(layer, x, rank=3):
+    if x.ndim != rank:
+        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) expects input of rank {rank} "
+                         f"(batch, steps, channels), got an array of shape {x.shape}")
+
+
+def _to_channels_last(x, data_format):
+    return np.swapaxes(x, 1, 2) if data_format == "channels_first" else x
+
+
+def _out_len(length, window, stride, padding):
+    """Output length and left padding of a 1-D window scan (window = dilated kernel extent)."""
+    if length is None:
+        return None, 0
+    if padding == "same":
+        out = math.ceil(length / stride)
+        total = max((out - 1) * stride + window - length, 0)
+        return out, total // 2
+    if padding == "causal":
+        return (length - 1) // stride + 1, window - 1
+    return max((length - window) // stride + 1, 0), 0
+
+
+def _windows(x, out_len, window_offsets, stride):
+    """x (B, L, C) -> (B, out_len, K, C) gathered windows: rows t*stride + offsets."""
+    idx = (np.arange(out_len) * stride)[:, None] + np.asarray(window_offsets)[None, :]
+    return x[:, idx, :]
+
+
+def _norm_int(v, name):
+    if isinstance(v, (list, tuple)):
+        if len(v) != 1:
+            raise ValueError(f"{name} must be an int or a 1-tuple, got {v!r}")
+        v = v[0]
+    return int(v)
+
+
+def _check_format(data_format):
+    data_format = data_format or "channels_last"
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+    return data_format
+
+
+class Conv1D(Layer):
+    """1-D convolution. Weights (Keras order): kernel (kernel_size, input_channels // groups, filters),
+    bias (filters,)."""
+
+    weight_names = ("kernel", "bias")
+    supports_masking = False
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None, dilation_rate=1,
+                 groups=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = _norm_int(kernel_size, "kernel_size")
+        self.strides = _norm_int(strides, "strides")
+        self.dilation_rate = _norm_int(dilation_rate, "dilation_rate")
+        self.padding = str(padding).lower()
+        if self.padding not in ("valid", "same", "causal"):
+            raise ValueError(f"layer {self.name!r}: padding must be 'valid', 'same' or 'causal', got {padding!r}")
+        if self.strides > 1 and self.dilation_rate > 1:
+            raise ValueError(f"layer {self.name!r}: strides > 1 together with dilation_rate > 1 is not supported")
+        self.data_format = _check_format(data_format)
+        self.groups = int(groups)
+        if self.filters % self.groups:
+            raise ValueError(f"layer {self.name!r}: filters ({self.filters}) must be divisible by groups "
+                             f"({self.groups})")
+        self.activation = activations.normalize(activation)
+        self._act = activations.get(self.activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+
+    def build(self, input_shape):
+        ch = input_shape[1] if self.data_format == "channels_first" else input_shape[-1]
+        if ch is None:
+            raise ValueError(f"layer {self.name!r} (Conv1D): the channel dimension must be known")
+        if int(ch) % self.groups:
+            raise ValueError(f"layer {self.name!r} (Conv1D): input channels ({ch}) must be divisible by groups "
+                             f"({self.groups})")
+        rng = initializers.rng_for(None)
+        shape = (self.kernel_size, int(ch) // self.groups, self.filters)
+        self._weights = [initializers.get(self.kernel_initializer)(shape, np.float32, rng)]
+        if self.use_bias:
+            self._weights.append(initializers.get(self.bias_initializer)((self.filters,), np.float32, rng))
+        self.built = True
+
+    def build_from_weights(self, weights):
+        k, c, f = weights[0].shape
+        self.kernel_size, self.filters = int(k), int(f)
+        ch = int(c) * self.groups
+        self.build((None, None, ch) if self.data_format == "channels_last" else (None, ch, None))
+
+    def compute_output_shape(self, input_shape):
+        B = input_shape[0]
+        L = input_shape[2] if self.data_format == "channels_first" else input_shape[1]
+        window = self.dilation_rate * (self.kernel_size - 1) + 1
+        out, _ = _out_len(L, window, self.strides, self.padding)
+        return (B, self.filters, out) if self.data_format == "channels_first" else (B, out, self.filters)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def call(self, inputs, mask=None, training=False):
+        x = _as_float(self, inputs)
+        _check_rank(self, x)
+        x = _to_channels_last(x, self.data_format)
+        dt = x.dtype
+        kernel = self._weights[0].astype(dt, copy=False)
+        k, cin_g, F = kernel.shape
+        if x.shape[2] != cin_g * self.groups:
+            raise ValueError(f"layer {self.name!r} (Conv1D) expects {cin_g * self.groups} input channels, "
+                             f"got input of shape {np.shape(inputs)}")
+        B, L, _ = x.shape
+        window = self.dilation_rate * (k - 1) + 1
+        out_len, left = _out_len(L, window, self.strides, self.padding)
+        if self.padding == "same":
+            right = max((out_len - 1) * self.strides + window - L - left, 0)
+            x = np.pad(x, ((0, 0), (left, right), (0, 0)))
+        elif self.padding == "causal":
+            x = np.pad(x, ((0, 0), (left, 0), (0, 0)))
+        cols = _windows(x, out_len, np.arange(k) * self.dilation_rate, self.strides)   # (B, out, k, C)
+        fg = F // self.groups
+        ys = []
+        for g in range(self.groups):
+            part = cols[:, :, :, g * cin_g:(g + 1) * cin_g].reshape(B * out_len, k * cin_g)
+            ys.append(part @ kernel[:, :, g * fg:(g + 1) * fg].reshape(k * cin_g, fg))
+        y = (ys[0] if self.groups == 1 else np.concatenate(ys, axis=1)).reshape(B, out_len, F)
+        if self.use_bias:
+            y = y + self._weights[1].astype(dt, copy=False)
+        y = self._act(y).astype(dt, copy=False)
+        return _to_channels_last(y, self.data_format)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(filters=self.filters, kernel_size=(self.kernel_size,), strides=(self.strides,),
+                   padding=self.padding, data_format=self.data_format, dilation_rate=(self.dilation_rate,),
+                   groups=self.groups, activation=self.activation, use_bias=self.use_bias)
+        return cfg
+
+
+class _Pooling1D(Layer):
+    supports_masking = False
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = _norm_int(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _norm_int(strides, "strides")
+        self.padding = str(padding).lower()
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"layer {self.name!r}: padding must be 'valid' or 'same', got {padding!r}")
+        self.data_format = _check_format(data_format)
+
+    def compute_output_shape(self, input_shape):
+        cf = self.data_format == "channels_first"
+        L = input_shape[2] if cf else input_shape[1]
+        out, _ = _out_len(L, self.pool_size, self.strides, self.padding)
+        return (input_shape[0], input_shape[1], out) if cf else (input_shape[0], out, input_shape[2])
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def call(self, inputs, mask=None, training=False):
+        x = _as_float(self, inputs)
+        _check_rank(self, x)
+        x = _to_channels_last(x, self.data_format)
+        B, L, C = x.shape
+        out_len, left = _out_len(L, self.pool_size, self.strides, self.padding)
+        # index of each window cell in the unpadded input; cells outside [0, L) are padding
+        idx = (np.arange(out_len) * self.strides - left)[:, None] + np.arange(self.pool_size)[None, :]
+        valid = (idx >= 0) & (idx < L)
+        win = x[:, np.clip(idx, 0, max(L - 1, 0)), :]          # (B, out, pool, C)
+        y = self._reduce(win, valid[None, :, :, None])
+        return _to_channels_last(y.astype(x.dtype, copy=False), self.data_format)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(pool_size=(self.pool_size,), strides=(self.strides,), padding=self.padding,
+                   data_format=self.data_format)
+        return cfg
+
+
+class MaxPooling1D(_Pooling1D):
+    """Max over windows of `pool_size` steps."""
+
+    def _reduce(self, win, valid):
+        return np.max(np.where(valid, win, -np.inf), axis=2)
+
+
+class AveragePooling1D(_Pooling1D):
+    """Mean over windows of `pool_size` steps ('same' padding: over the real steps only)."""
+
+    def _reduce(self, win, valid):
+        return np.sum(np.where(valid, win, 0), axis=2) / np.sum(valid, axis=2)
+
+
+class _GlobalPooling1D(Layer):
+    supports_masking = True
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = _check_format(data_format)
+        self.keepdims = bool(keepdims)
+
+    @property
+    def _steps_axis(self):
+        return 2 if self.data_format == "channels_first" else 1
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        if self.keepdims:
+            shape[self._steps_axis] = 1
+        else:
+            del shape[self._steps_axis]
+        return tuple(shape)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(data_format=self.data_format, keepdims=self.keepdims)
+        return cfg
+
+
+class GlobalMaxPooling1D(_GlobalPooling1D):
+    """Max over the steps axis. Keras ignores the mask here (max over every step)."""
+
+    def call(self, inputs, mask=None, training=False):
+        x = _as_float(self, inputs)
+        _check_rank(self, x)
+        return np.max(x, axis=self._steps_axis, keepdims=self.keepdims)
+
+
+class GlobalAveragePooling1D(_GlobalPooling1D):
+    """Mean over the steps axis; with a mask, the mean over the unmasked steps (a fully masked row gives NaN,
+    as in Keras)."""
+
+    def call(self, inputs, mask=None, training=False):
+        x = _as_float(self, inputs)
+        _check_rank(self, x)
+        ax = self._steps_axis
+        if mask is None:
+            return np.mean(x, axis=ax, keepdims=self.keepdims)
+        m = np.expand_dims(np.asarray(mask, dtype=bool), 2 if ax == 1 else 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (np.sum(np.where(m, x, 0), axis=ax, keepdims=self.keepdims)
+                    / np.sum(m, axis=ax, keepdims=self.keepdims).astype(x.dtype))
+
+
+__all__ = ["Conv1D", "MaxPooling1D", "AveragePooling1D", "GlobalMaxPooling1D", "GlobalAveragePooling1D"]

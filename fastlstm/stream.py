@@ -1,0 +1,369 @@
+"""Streaming sessions: run a model a few timesteps at a time, keeping every recurrent layer's state.
+
+    session = model.stream(batch_size=1)
+    y = session.step(x_k)       # x_k (batch, k, features) or (batch, k) token ids; y = what predict returns
+                                # for those k steps, continuing from the steps before
+    session.reset();  s = session.state;  session.set_state(s)
+
+A session owns all its buffers (states, kernel workspaces) and only reads the model's weights, so many
+sessions can run on one model from many threads at once (the kernels release the GIL). One session must not be
+stepped from two threads at the same time. The plan is made once per session: per step there is no graph walk
+and no validation beyond a shape/dtype check; the recurrent kernels are called directly on preallocated
+buffers, the states ping-pong between two buffers.
+
+Equivalence with predict (tested): streaming T steps in chunks equals predict on the whole sequence, with
+Keras masking semantics (a masked step keeps the state; return_sequences outputs repeat the carried state,
+zeros with zero_output_for_mask). Bidirectional and go_backwards layers need the whole sequence and are refused.
+"""
+import numpy as np
+
+from .backend import get_backend
+from .layers.recurrent import GRU, LSTM, RNN, Bidirectional
+
+_EMPTY_MASK = np.zeros((0, 0), np.uint8)
+# layers that treat every timestep on its own (a session may run them on any k steps)
+_PER_TIMESTEP = {"InputLayer", "Embedding", "Masking", "Dense", "Activation", "Dropout", "SpatialDropout1D",
+                 "GaussianNoise", "GaussianDropout", "ActivityRegularization", "TimeDistributed", "Add", "Subtract",
+                 "Average", "Maximum", "Minimum", "Multiply", "NotEqual"}
+
+
+def _specialized(kern, dtype):
+    """A Cython fused-type kernel's specialization for dtype (skips the per-call fused-type dispatch)."""
+    sigs = getattr(kern, "__signatures__", None)
+    if isinstance(sigs, dict):
+        return sigs.get("float" if np.dtype(dtype) == np.float32 else "double", kern)
+    return kern
+
+
+class _RecurrentStep:
+    """One recurrent layer inside a session: its state buffers and kernel workspaces."""
+
+    def __init__(self, layer, B, dtype):
+        self.layer, self.B, self.dtype = layer, B, np.dtype(dtype)
+        self.H = layer.units
+        self.kind = "lstm" if isinstance(layer, LSTM) else "gru" if isinstance(layer, GRU) else "simple"
+        self.n_states = layer.n_states
+        self.params = layer._params(self.dtype)
+        self.bufs = {}
+        self.states = [np.zeros((B, self.H), self.dtype) for _ in range(self.n_states)]
+        self.spare = [np.zeros((B, self.H), self.dtype) for _ in range(self.n_states)]
+        self.none3 = np.empty((0, 0, 0), self.dtype)
+
+    def refresh(self):
+        """Re-read the layer's weights when they changed since the plan was made."""
+        p = self.layer._cast.get(self.dtype)
+        if p is not self.params:
+            self.params = self.layer._params(self.dtype)
+
+    def workspace(self, k):
+        ws = self.bufs.get(k)
+        if ws is None:
+            G = self.layer.gates * self.H
+            ws = self.bufs[k] = (np.empty((k, self.B, G), self.dtype), np.empty((k, self.B, G), self.dtype),
+                                 np.empty((k, self.B, self.H), self.dtype))
+            if len(self.bufs) > 8:
+                self.bufs.pop(next(iter(self.bufs)))
+        return ws
+
+    def run(self, x_tm, m):
+        """Advance over x_tm (k, B, I); returns y (k, B, H) (the carried state after each step) and the new
+        states. y lives in a session buffer until the next run."""
+        self.refresh()
+        k = x_tm.shape[0]
+        z_ws, hz_ws, y = self.workspace(k)
+        p, s, out = self.params, self.states, self.spare
+        if self.kind == "lstm":
+            get_backend().lstm_forward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], s[0], s[1], m, p["act_codes"],
+                                       p["act_ab"], 0.0, False, False, z_ws, y, out[0], out[1], self.none3,
+                                       self.none3)
+        elif self.kind == "gru":
+            get_backend().gru_forward(x_tm, p["w_x"], p["w_h"], p["b_x"], p["b_h"], s[0], m, p["act_codes"],
+                                      p["act_ab"], 0.0, self.layer.reset_after, False, z_ws, hz_ws, y, out[0],
+                                      self.none3)
+        else:
+            y_new, final = self.layer._kernel_forward(x_tm, s, m, self.dtype)
+            y = y_new
+            out[0][...] = final[0]
+        self.states, self.spare = out, s
+        return y
+
+    def outputs(self, y, m):
+        """What the layer returns for these k steps (batch-first), from the run's y and states."""
+        lyr = self.layer
+        if lyr.return_sequences:
+            if m.shape[0] and lyr.zero_output_for_mask:
+                y = np.where(m.astype(bool)[:, :, None], y, 0)
+            out = np.ascontiguousarray(y.swapaxes(0, 1)) if self.B > 1 else y.reshape(1, y.shape[0], self.H).copy()
+        else:
+            out = self.states[0].copy()
+            if m.shape[0] and lyr.zero_output_for_mask:
+                out *= m[-1].astype(bool)[:, None]
+        if lyr.return_state:
+            return [out] + [s.copy() for s in self.states]
+        return out
+
+
+class StreamSession:
+    """A stateful streaming run of `model` with a fixed batch size (see the module docstring).
+
+    Parameters
+    ----------
+    model : fastlstm.Model
+    batch_size : int
+    dtype : "float32" (default) or "float64": the compute dtype; float inputs of another dtype are cast.
+
+    Raises
+    ------
+    ValueError
+        The model has a Bidirectional or go_backwards layer (they need the whole sequence), or a recurrent layer
+        fed with initial_state tensors.
+    """
+
+    def __init__(self, model, batch_size=1, dtype="float32"):
+        self.model = model
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        for lyr in model.layers:
+            self._check_streamable(lyr)
+        self._plan = None
+        if model.built:
+            self._make_plan()
+
+    # ---- plan ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_streamable(lyr):
+        if isinstance(lyr, Bidirectional):
+            raise ValueError(f"model.stream(): layer {lyr.name!r} is Bidirectional; its backward direction needs the "
+                             f"whole sequence, so it cannot run step by step. Use predict() on whole sequences.")
+        if isinstance(lyr, RNN) and lyr.go_backwards:
+            raise ValueError(f"model.stream(): layer {lyr.name!r} has go_backwards=True; it needs the whole sequence, "
+                             f"so it cannot run step by step. Use predict() on whole sequences.")
+        if isinstance(lyr, RNN) and lyr.time_major:
+            raise ValueError(f"model.stream(): layer {lyr.name!r} is time_major; streaming is batch-first only")
+        inner = getattr(lyr, "layer", None)
+        if isinstance(inner, (RNN, Bidirectional)):
+            raise ValueError(f"model.stream(): layer {lyr.name!r} wraps a recurrent layer; not supported in streaming")
+        cls = type(lyr).__name__
+        per_step = cls in _PER_TIMESTEP or isinstance(lyr, RNN)
+        if cls == "Concatenate":
+            per_step = getattr(lyr, "axis", -1) not in (1, -2)            # not along time
+        elif cls in ("LayerNormalization", "BatchNormalization"):
+            per_step = getattr(lyr, "axis", -1) in (-1, 2)
+        if not per_step:
+            raise ValueError(f"model.stream(): layer {lyr.name!r} ({cls}) may combine several timesteps, so it cannot "
+                             f"run step by step; streaming supports recurrent layers and per-timestep layers "
+                             f"({', '.join(sorted(_PER_TIMESTEP))}, Concatenate on features, normalization over "
+                             f"features). Use predict() on whole sequences.")
+
+    def _make_plan(self):
+        m = self.model
+        if len(m.inputs) != 1:
+            raise ValueError(f"model.stream() supports single-input models; model {m.name!r} has inputs "
+                             f"{m.input_names}")
+        inp = m.inputs[0]
+        self._in_id = inp.id
+        self._in_shape = inp.shape
+        self._token_input = inp.dtype.kind in "iub"
+        self._rnn = []
+        self._ops = []
+        uses_masks = False
+        for node in m._nodes:
+            lyr = node.layer
+            if isinstance(lyr, RNN):
+                if any(k not in ("mask", "training") for k in node.kwargs):
+                    raise ValueError(f"model.stream(): layer {lyr.name!r} is called with "
+                                     f"{sorted(k for k in node.kwargs if k not in ('mask', 'training'))}; only plain "
+                                     f"recurrent calls can stream")
+                r = _RecurrentStep(lyr, self.batch_size, self.dtype)
+                self._rnn.append((self._state_key(lyr), r))
+                self._ops.append(("rnn", node, r))
+            else:
+                self._ops.append(("call", node, None))
+            if getattr(lyr, "mask_zero", False) or type(lyr).__name__ == "Masking" or "mask" in node.kwargs:
+                uses_masks = True
+        self._uses_masks = uses_masks
+        self._out_ids = [t.id for t in m.outputs]
+        self._single_output = m._single_output
+        # the fast path: one recurrent layer on float input, nothing else
+        self._fast = None
+        if (len(self._ops) == 1 and self._ops[0][0] == "rnn" and not uses_masks and not self._token_input
+                and not self._rnn[0][1].layer.return_state and self._rnn[0][1].kind in ("lstm", "gru")
+                and m.outputs[0] is self._ops[0][1].outputs[0]):
+            self._fast = self._make_fast(self._rnn[0][1])
+        self._plan = True
+
+    def _state_key(self, lyr):
+        keys = [k for k, _ in getattr(self, "_rnn", [])]
+        key, n = lyr.name, 1
+        while key in keys:
+            key, n = f"{lyr.name}#{n}", n + 1
+        return key
+
+    def _make_fast(self, r):
+        """A closure with everything bound: shape check, one kernel call, a state swap, one copy."""
+        B, dt, H = self.batch_size, np.dtype(self.dtype), r.H
+        lyr = r.layer
+        I = lyr.input_dim
+        seq = lyr.return_sequences
+        lstm = r.kind == "lstm"
+        backend = get_backend()
+        kern = _specialized(backend.lstm_forward if lstm else backend.gru_forward, dt)
+        none3, empty = r.none3, _EMPTY_MASK
+        ndarray = np.ndarray
+        reset_after = getattr(lyr, "reset_after", True)
+        z1, hz1, y1 = r.workspace(1)
+        # what the kernel reads, re-bound whenever the layer's weights change (a new _cast dict)
+        bound = {"cast": None}
+
+        def rebind():
+            r.refresh()
+            p = r.params
+            w = (p["w_x"], p["w_h"], p["b"], p["p"]) if lstm else (p["w_x"], p["w_h"], p["b_x"], p["b_h"])
+            bound.update(cast=lyr._cast, w=w, acts=(p["act_codes"], p["act_ab"]))
+
+        rebind()
+
+        shape1 = (B, 1, I)
+
+        def step(x):
+            if x.__class__ is ndarray and x.dtype is dt and x.shape == shape1 and x.flags.c_contiguous:
+                # one step: (B, 1, I) is already the kernel's (T=1, B, I) memory layout
+                k = 1
+                x_tm = x if B == 1 else x.reshape(1, B, I)
+                z_ws, hz_ws, y = z1, hz1, y1
+            else:
+                if x.__class__ is not ndarray or x.dtype is not dt or x.ndim != 3 or x.shape[0] != B \
+                        or x.shape[2] != I or not x.flags.c_contiguous:
+                    x = self._coerce(x)
+                k = x.shape[1]
+                x_tm = x.reshape(k, 1, I) if B == 1 else np.ascontiguousarray(x.swapaxes(0, 1))
+                z_ws, hz_ws, y = r.workspace(k)
+            if lyr._cast is not bound["cast"]:        # the weights changed: re-read them
+                rebind()
+            w_x, w_h, b1, b2 = bound["w"]
+            codes, ab = bound["acts"]
+            s, out = r.states, r.spare
+            if lstm:
+                kern(x_tm, w_x, w_h, b1, b2, s[0], s[1], empty, codes, ab, 0.0, False, False, z_ws, y, out[0], out[1],
+                     none3, none3)
+            else:
+                kern(x_tm, w_x, w_h, b1, b2, s[0], empty, codes, ab, 0.0, reset_after, False, z_ws, hz_ws, y, out[0],
+                     none3)
+            r.states, r.spare = out, s
+            if seq:
+                return y.reshape(1, k, H).copy() if B == 1 else np.ascontiguousarray(y.swapaxes(0, 1))
+            return out[0].copy()
+
+        return step
+
+    # ---- running -------------------------------------------------------------------------------------------
+    def _coerce(self, x):
+        """Validate and convert an input chunk (the slow path of the shape check)."""
+        x = np.asarray(x)
+        want = self._in_shape
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"session.step expects a numeric array, got dtype {x.dtype}")
+        if x.ndim != len(want):
+            raise ValueError(f"session.step expects an array of rank {len(want)} (batch, k"
+                             f"{', features' if len(want) == 3 else ''}), got shape {x.shape}")
+        if x.shape[0] != self.batch_size:
+            raise ValueError(f"this session has batch size {self.batch_size}, got an input of shape {x.shape}")
+        if x.ndim >= 2 and x.shape[1] < 1:
+            raise ValueError(f"session.step needs k >= 1 timesteps, got shape {x.shape}")
+        for k in range(2, x.ndim):
+            if want[k] is not None and want[k] != x.shape[k]:
+                raise ValueError(f"session.step expects input of shape (batch, k, {want[k]}), got {x.shape}")
+        if self._token_input:
+            return np.ascontiguousarray(x)
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def step(self, x):
+        """Run the next k timesteps.
+
+        Parameters
+        ----------
+        x : array of shape (batch, k, features), or (batch, k) token ids for an Embedding model; k >= 1.
+
+        Returns
+        -------
+        What `model.predict` returns for these k steps of the running sequence: for a return_sequences=False
+        model the output after the last of them; a list for several outputs.
+        """
+        if self._plan is None:
+            x = np.asarray(x)
+            self.model.predict(x[:, :1] if x.ndim >= 2 else x)     # builds a lazy Sequential
+            self._make_plan()
+        if self._fast is not None:
+            return self._fast(x)
+        x = self._coerce(x)
+        values = {self._in_id: (x, None)}
+        masks = self._uses_masks
+        for kind, node, r in self._ops:
+            ins = [values[t.id] for t in node.inputs]
+            multi = getattr(node, "multi_input", len(ins) > 1)
+            arg = [v for v, _ in ins] if multi else ins[0][0]
+            mask = [mk for _, mk in ins] if multi else ins[0][1]
+            if "mask" in node.kwargs:
+                mv = node.kwargs["mask"]
+                mask = values[mv.id][0] if hasattr(mv, "id") else mv
+            if kind == "rnn":
+                a = arg
+                if a.dtype != self.dtype:
+                    a = a.astype(self.dtype)
+                k = a.shape[1]
+                x_tm = np.ascontiguousarray(a.swapaxes(0, 1)) if self.batch_size > 1 else \
+                    np.ascontiguousarray(a).reshape(k, 1, a.shape[2])
+                mk = _EMPTY_MASK if mask is None else np.ascontiguousarray(np.asarray(mask).T, dtype=np.uint8)
+                out = r.outputs(r.run(x_tm, mk), mk)
+                out_mask = node.layer.compute_mask(arg, mask) if masks else None
+            else:
+                out = node.layer.call(arg, mask=mask) if masks else node.layer.call(arg)
+                out_mask = node.layer.compute_mask(arg, mask) if masks else None
+            outs = out if isinstance(out, list) else [out]
+            out_masks = out_mask if isinstance(out_mask, list) else [out_mask] * len(outs)
+            for t, o, mk in zip(node.outputs, outs, out_masks):
+                values[t.id] = (o, mk)
+        res = [values[i][0] for i in self._out_ids]
+        return res[0] if self._single_output else res
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    def reset(self):
+        """Back to the start of a sequence: every state zero."""
+        for _, r in getattr(self, "_rnn", []):
+            for s in r.states:
+                s.fill(0)
+
+    @property
+    def state(self):
+        """{layer name: [h, (c)]}: copies of every recurrent layer's state, arrays of shape (batch, units).
+        Plain NumPy arrays (picklable); give them to `set_state` to resume."""
+        if self._plan is None:
+            return {}
+        return {key: [s.copy() for s in r.states] for key, r in self._rnn}
+
+    def set_state(self, state):
+        """Resume from a `state` dict (as returned by `.state`)."""
+        if self._plan is None:
+            raise ValueError("this session has not run yet (the model is not built); call step() first")
+        missing = [k for k, _ in self._rnn if k not in state]
+        if missing:
+            raise ValueError(f"state is missing layer(s) {missing}; expected keys {[k for k, _ in self._rnn]}")
+        for key, r in self._rnn:
+            arrs = list(state[key])
+            if len(arrs) != r.n_states:
+                raise ValueError(f"state[{key!r}] must hold {r.n_states} arrays, got {len(arrs)}")
+            for s, a in zip(r.states, arrs):
+                a = np.asarray(a)
+                if a.shape != s.shape:
+                    raise ValueError(f"state[{key!r}] arrays must have shape {s.shape}, got {a.shape}")
+                s[...] = a
+
+    def __repr__(self):
+        return f"<StreamSession model={self.model.name!r} batch_size={self.batch_size} dtype={self.dtype.name}>"
+
+
+__all__ = ["StreamSession"]

@@ -1,0 +1,1 @@
+"""Training: losses, optimizers, metrics, callbacks and the BPTT trainer behind Model.compile/fit/evaluate."""

@@ -1,0 +1,241 @@
+"""Streaming sessions: stepping T timesteps (one at a time or in chunks) equals predict on the whole sequence;
+state park/resume; many sessions from many threads; refusals and input errors."""
+import pickle
+import threading
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+import fastlstm
+from fastlstm import layers as L
+
+TOL32 = dict(rtol=2e-5, atol=2e-6)
+
+
+def stream_all(session, x, chunks):
+    """Feed x (B, T, ...) in chunks of the given sizes; returns the list of step outputs."""
+    outs, t = [], 0
+    for k in chunks:
+        outs.append(session.step(x[:, t:t + k]))
+        t += k
+    assert t == x.shape[1]
+    return outs
+
+
+def check_against_predict(model, x, chunks=None, batch_size=None):
+    B, T = x.shape[:2]
+    chunks = chunks or [1] * T
+    s = model.stream(batch_size=batch_size or B)
+    outs = stream_all(s, x, chunks)
+    seq = model.predict(x)
+    multi = isinstance(seq, list)
+    seqs = seq if multi else [seq]
+    for j, ref in enumerate(seqs):
+        got = [o[j] if multi else o for o in outs]
+        if ref.ndim >= 3 and ref.shape[1] == T:          # a sequence output: the chunks concatenate to it
+            npt.assert_allclose(np.concatenate(got, axis=1), ref, **TOL32)
+        else:                                             # the last output equals predict's
+            npt.assert_allclose(got[-1], ref, **TOL32)
+            # and every prefix's output equals predict on that prefix
+            t = 0
+            for k, o in zip(chunks, got):
+                t += k
+                pref = model.predict(x[:, :t])
+                npt.assert_allclose(o, pref[j] if multi else pref, **TOL32)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(3)
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_lstm_one_step_at_a_time(rng, return_sequences):
+    m = fastlstm.Sequential([fastlstm.Input((None, 5)), L.LSTM(7, return_sequences=return_sequences)])
+    check_against_predict(m, rng.normal(size=(1, 9, 5)).astype(np.float32))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_chunks(rng, reset_after):
+    m = fastlstm.Sequential([fastlstm.Input((None, 4)), L.GRU(6, return_sequences=True, reset_after=reset_after)])
+    check_against_predict(m, rng.normal(size=(2, 10, 4)).astype(np.float32), chunks=[1, 3, 2, 4])
+
+
+def test_stacked_lstm_gru_dense_batch(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(8, return_sequences=True),
+                             L.GRU(5, return_sequences=True), L.LSTM(4), L.Dense(2, activation="softmax")])
+    check_against_predict(m, rng.normal(size=(3, 8, 3)).astype(np.float32), chunks=[2, 1, 1, 4])
+
+
+def test_embedding_mask_zero_with_padding_in_the_middle(rng):
+    m = fastlstm.Sequential([L.Embedding(30, 6, mask_zero=True), L.LSTM(8, return_sequences=True),
+                             L.GRU(5, return_sequences=True), L.TimeDistributed(L.Dense(3))])
+    x = rng.integers(1, 30, size=(3, 12))
+    x[0, :4] = 0          # pre-padding
+    x[1, 5:7] = 0         # a gap
+    x[2, 9:] = 0          # post-padding
+    m.predict(x[:, :2])
+    check_against_predict(m, x)
+    check_against_predict(m, x, chunks=[5, 7])
+
+
+def test_embedding_mask_last_output_and_zero_output_for_mask(rng):
+    m = fastlstm.Sequential([L.Embedding(20, 4, mask_zero=True),
+                             L.LSTM(6, return_sequences=True, zero_output_for_mask=True), L.LSTM(5),
+                             L.Dense(1, activation="sigmoid")])
+    x = rng.integers(1, 20, size=(2, 9))
+    x[0, :3] = 0
+    x[1, 4] = 0
+    m.predict(x)
+    check_against_predict(m, x)
+
+
+def test_masking_layer_and_simple_rnn(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.Masking(0.0), L.SimpleRNN(4, return_sequences=True),
+                             L.Dense(2)])
+    x = rng.normal(size=(2, 7, 3)).astype(np.float32)
+    x[0, 2] = 0
+    x[1, :3] = 0
+    check_against_predict(m, x)
+
+
+def test_functional_return_state_outputs(rng):
+    inp = fastlstm.Input((None, 3))
+    seq, h, c = L.LSTM(4, return_sequences=True, return_state=True)(inp)
+    out = L.Dense(2)(h)
+    m = fastlstm.Model(inp, [seq, out, c])
+    check_against_predict(m, rng.normal(size=(2, 6, 3)).astype(np.float32), chunks=[2, 2, 2])
+
+
+def test_float64_session(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(4)])
+    x = rng.normal(size=(1, 5, 3))
+    s = m.stream(dtype="float64")
+    out = [s.step(x[:, t:t + 1]) for t in range(5)][-1]
+    assert out.dtype == np.float64
+    npt.assert_allclose(out, m.predict(x), rtol=1e-12, atol=1e-13)
+
+
+def test_reset_state_and_set_state_pickle(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(5, return_sequences=True), L.GRU(4)])
+    x = rng.normal(size=(1, 10, 3)).astype(np.float32)
+    s = m.stream()
+    full = [s.step(x[:, t:t + 1]) for t in range(10)]
+    s.reset()
+    for t in range(4):
+        s.step(x[:, t:t + 1])
+    parked = pickle.loads(pickle.dumps(s.state))
+    assert set(parked) == {m.layers[0].name, m.layers[1].name}
+    assert [a.shape for a in parked[m.layers[0].name]] == [(1, 5), (1, 5)]
+    other = m.stream()
+    other.step(rng.normal(size=(1, 3, 3)).astype(np.float32))   # some unrelated conversation
+    other.set_state(parked)
+    for t in range(4, 10):
+        npt.assert_allclose(other.step(x[:, t:t + 1]), full[t], **TOL32)
+    s.reset()
+    npt.assert_allclose(s.step(x[:, :1]), full[0], **TOL32)
+    with pytest.raises(ValueError, match="missing"):
+        other.set_state({})
+    with pytest.raises(ValueError, match="shape"):
+        other.set_state({k: [np.zeros((2, a.shape[1])) for a in v] for k, v in parked.items()})
+
+
+def test_many_sessions_many_threads(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 8)), L.LSTM(16, return_sequences=True), L.LSTM(12)])
+    xs = [rng.normal(size=(1, 40, 8)).astype(np.float32) for _ in range(6)]
+    expected = [m.predict(x) for x in xs]
+    results = [None] * len(xs)
+    start = threading.Barrier(len(xs))
+
+    def worker(i):
+        s = m.stream()
+        start.wait()
+        out = None
+        for t in range(xs[i].shape[1]):
+            out = s.step(xs[i][:, t:t + 1])
+        results[i] = out
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        npt.assert_allclose(got, want, **TOL32)
+
+
+def test_session_sees_new_weights(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(4)])
+    s = m.stream()
+    x = rng.normal(size=(1, 1, 3)).astype(np.float32)
+    s.step(x)
+    m.set_weights([w * 0.5 for w in m.get_weights()])
+    s.reset()
+    npt.assert_allclose(s.step(x), m.predict(x), **TOL32)
+
+
+def test_refuses_bidirectional_and_go_backwards():
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.Bidirectional(L.LSTM(4))])
+    with pytest.raises(ValueError, match="Bidirectional.*whole sequence"):
+        m.stream()
+    m2 = fastlstm.Sequential([fastlstm.Input((None, 3)), L.GRU(4, go_backwards=True)])
+    with pytest.raises(ValueError, match="go_backwards"):
+        m2.stream()
+
+
+def test_refuses_layers_that_mix_timesteps():
+    from fastlstm.layers.conv import Conv1D, GlobalAveragePooling1D
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), Conv1D(4, 3), L.LSTM(4)])
+    with pytest.raises(ValueError, match="Conv1D.*timesteps"):
+        m.stream()
+    m2 = fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(4, return_sequences=True), GlobalAveragePooling1D()])
+    with pytest.raises(ValueError, match="GlobalAveragePooling1D"):
+        m2.stream()
+
+
+def test_functional_mask_zero_loaded_style_graph(rng):
+    """Embedding(mask_zero) with the mask passed explicitly through a NotEqual op (what Keras 3 configs hold)."""
+    from fastlstm.layers.ops import NotEqual
+    inp = fastlstm.Input((None,), dtype="int32")
+    e = L.Embedding(20, 4, mask_zero=True)(inp)
+    mask = NotEqual(0)(inp)
+    y = L.LSTM(5, return_sequences=True)(e, mask=mask)
+    y = L.GRU(3)(y, mask=mask)
+    m = fastlstm.Model(inp, L.Dense(2)(y))
+    x = rng.integers(1, 20, size=(2, 7))
+    x[0, :2] = 0
+    x[1, 4] = 0
+    check_against_predict(m, x)
+    m.compile("adam", "mse")                                # the op is off the gradient path: trainable
+    m.fit(x, np.zeros((2, 2)), verbose=0)
+
+
+def test_step_input_errors(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(4)])
+    s = m.stream(batch_size=2)
+    with pytest.raises(ValueError, match="batch size 2"):
+        s.step(np.zeros((1, 1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(batch, k, 3\)"):
+        s.step(np.zeros((2, 1, 5), np.float32))
+    with pytest.raises(ValueError, match="rank 3"):
+        s.step(np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match="numeric"):
+        s.step(np.array([[["a"] * 3]] * 2))
+    # float64 / int inputs are cast to the session's dtype
+    x = rng.normal(size=(2, 2, 3))
+    s.reset()
+    npt.assert_allclose(s.step(x), m.predict(x.astype(np.float32)), **TOL32)
+    e = fastlstm.Sequential([L.Embedding(10, 3), L.LSTM(4)])
+    e.build((None, None))
+    se = e.stream()
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 10\)"):
+        se.step(np.array([[12]]))
+
+
+def test_lazy_sequential_builds_on_first_step(rng):
+    m = fastlstm.Sequential([L.LSTM(4)])
+    s = m.stream()
+    x = rng.normal(size=(1, 3, 2)).astype(np.float32)
+    out = s.step(x)
+    npt.assert_allclose(out, m.predict(x), **TOL32)
