@@ -21,6 +21,9 @@ def set_backend(name="auto"):
     """
     backend = _kernels.get_backend(name)
     _state.update(backend=backend, name=name)
+    if _state.get("threads_set"):
+        # a backend may have just loaded its own BLAS (scipy's OpenBLAS): limit it too
+        _apply_blas_threads(config.NUM_THREADS)
     return backend.name
 
 
@@ -39,6 +42,8 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
     config.NUM_THREADS = n
+    _state["threads_set"] = True
+    get_backend()          # load the backend's BLAS first, so the limit reaches it
     _apply_blas_threads(n)
 
 

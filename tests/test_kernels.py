@@ -20,7 +20,7 @@ LSTM_OPTS = [
     dict(peepholes=True, mask="random", reverse=True),
     dict(act_specs=[(acts.HARD_SIGMOID, 1 / 6, 0.5), (acts.RELU, 0, 0), (acts.LINEAR, 0, 0)]),
     dict(act_specs=[(acts.HARD_SIGMOID, 0.2, 0.5), (acts.SOFTSIGN, 0, 0), (acts.ELU, 1.0, 0)]),
-    dict(act_specs=[(acts.LEAKY_RELU, 0.1, 0), (acts.SCALED_TANH, 0.7, 1.3), (acts.SOFTPLUS, 0, 0)]),
+    dict(act_specs=[(acts.LEAKY_RELU, 0.1, 0), (acts.SCALED_TANH, 0.7, 1.3), (acts.SOFTPLUS, 0, 0)], scale=0.3),
     dict(act_specs=[(acts.THRESHOLDED_RELU, 0.2, 0), (acts.AFFINE, 0.8, 0.1), (acts.SELU, 0, 0)]),
     dict(act_specs=[(acts.SILU, 0, 0), (acts.GELU, 0, 0), (acts.EXPONENTIAL, 0, 0)], scale=0.3),
     dict(act_specs=[(acts.RELU6, 0, 0), (acts.HARD_SILU, 0, 0), (acts.TANH, 0, 0)]),

@@ -103,16 +103,19 @@ def _sigmoid_impl(x):
     return impl
 
 
-@overload(tanh, jit_options=NUMBA_FLAGS, inline="always")   # LLVM would not inline it: no vectorising
+@overload(tanh, jit_options=NUMBA_FLAGS, inline="always")   # LLVM would not inline it (no vectorising)
 def _tanh_impl(x):
     if x == types.float32:
         def impl(x):
+            # no branches in this body (it is inlined as Numba IR): both formulas, blended by a 0/1 weight
             ax = abs(x)
-            u = x * x
-            small = x + x * u * (_T0 + u * (_T1 + u * (_T2 + u * (_T3 + u * _T4))))
+            xs = max(min(x, _TANH_SMALL), -_TANH_SMALL)
+            u = xs * xs
+            small = xs + xs * u * (_T0 + u * (_T1 + u * (_T2 + u * (_T3 + u * _T4))))
             e = _exp_f32(-TWO * ax)
             large = math.copysign((ONE - e) / (ONE + e), x)
-            return small if ax < _TANH_SMALL else large
+            w = np.float32(ax < _TANH_SMALL)
+            return w * small + (ONE - w) * large
     else:
         def impl(x):
             return math.tanh(x)

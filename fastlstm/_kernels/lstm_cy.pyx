@@ -20,12 +20,14 @@ CH-column chunks in stack buffers and switches on the activation codes once per 
 Running state: h_prev is y_out[t_prev] (or h0); c lives in cs_out[t] when training, else in cT_out,
 updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Nothing is allocated.
 """
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
-from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, gemv
+from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, NO_TRANS, TRANS, fl_gemm_packed, fl_pack, fl_packed_size,
+                                      gemm, gemv)
 
 cdef enum:
     CH = 64          # columns per chunk in the general gate pass
@@ -166,6 +168,12 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     cdef floating *yt
     cdef floating *ct
     cdef floating *gt = NULL
+    cdef float *w_packed = NULL
+    if floating is float:
+        if FL_PACKED_GEMM and B > 1:
+            w_packed = <float*>malloc(fl_packed_size(<int>H, <int>G) * sizeof(float))
+            if w_packed != NULL:
+                fl_pack(<int>H, <int>G, w_h, <int>G, 0, w_packed)
     # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
         _copy(z_ws + r * G, b, G)
@@ -186,6 +194,9 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         if B == 1:
             # z_ws[t] += w_h^T @ h_prev   (z_t += h_prev @ w_h as a matrix-vector product)
             gemv(TRANS, <int>H, <int>G, <floating>1, w_h, <int>G, h_prev, <floating>1, zt)
+        elif floating is float and w_packed != NULL:
+            # z_ws[t] += h_prev @ w_h   (w_h packed once above)
+            fl_gemm_packed(<int>B, <int>G, <int>H, h_prev, <int>H, w_packed, zt, <int>G)
         else:
             # z_ws[t] += h_prev @ w_h
             gemm(NO_TRANS, NO_TRANS, <int>B, <int>G, <int>H, <floating>1, h_prev, <int>H, w_h, <int>G,
@@ -206,6 +217,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     _copy(hT, h_prev, B * H)
     if training:
         _copy(cT, c_prev, B * H)
+    free(w_packed)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,

@@ -16,7 +16,8 @@ from numba import njit
 
 from ..config import NUMBA_FLAGS
 from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
-                            clip_grad_row, clip_row, dact_row)
+                            clip_grad_row, clip_row, dact_row, sigmoid, tanh)
+from .acts import SIGMOID, TANH
 
 
 @njit(**NUMBA_FLAGS)
@@ -36,6 +37,9 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
     f_code, g_code, h_code = act_codes[0], act_codes[1], act_codes[2]
     f_a, f_b, g_a, g_b, h_a, h_b = act_ab[0, 0], act_ab[0, 1], act_ab[1, 0], act_ab[1, 1], act_ab[2, 0], act_ab[2, 1]
     clip_t = cast_like(clip, z_ws)
+    # the default cell (sigmoid, tanh, tanh; no peepholes, clip or coupled gates) takes one fused loop per row
+    fused = (f_code == SIGMOID and g_code == TANH and h_code == TANH and not peep and not clip > 0
+             and not input_forget)
     # z_ws = X @ W_x   for all T*B rows at once
     if T * B > 0:
         np.dot(x.reshape(T * B, I), w_x, z_ws.reshape(T * B, G))
@@ -60,6 +64,23 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
             # z = (x_t @ w_x + b) + h_prev @ w_h   (the reference's rounding order)
             for j in range(G):
                 z[j] = (z[j] + b[j]) + hzr[j]
+            if fused and valid:
+                y = y_out[t, r]
+                if training:
+                    for j in range(H):
+                        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
+                        gi[j], gf[j], gg[j], go[j] = i, f, g, o
+                        c_new = f * c[j] + i * g
+                        c[j] = c_new
+                        y[j] = o * tanh(c_new)
+                    cs_out[t, r, :] = c
+                else:
+                    for j in range(H):
+                        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
+                        c_new = f * c[j] + i * g
+                        c[j] = c_new
+                        y[j] = o * tanh(c_new)
+                continue
             if peep:
                 for j in range(H):
                     zi[j] += p[0, j] * c[j]

@@ -22,16 +22,12 @@ Case name prefixes = formats (manifest "format"):
     bad_   expect_error cases; hand_ hand-written HDF5 (keras2-h5-handwritten)
 """
 import io
-import json
 import os
 import shutil
-import subprocess
-import sys
 import traceback
 import zipfile
 import zlib
 
-import h5py
 import numpy as np
 
 from .common import add_cases, case_dir

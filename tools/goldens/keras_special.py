@@ -66,7 +66,8 @@ def _clean(d):
 
 def _err_case(g, name, file, fmt, features, description, hint, behaviour, arch=None, h5py_behaviour=None):
     c = {"name": name, "file": f"{name}/{file}", "format": fmt, "input_file": None, "input_names": [],
-         "expected_file": None, "output_names": [], "features": features + ["gen:" + ("keras3" if g.k3 else "tf_keras")],
+         "expected_file": None, "output_names": [],
+         "features": features + ["gen:" + ("keras3" if g.k3 else "tf_keras")],
          "description": description, "expect_error": True, "expected_error_hint": hint, "optional": False,
          "framework": g.framework, "framework_behaviour": f"{g.label} load: {behaviour}"}
     if arch:
