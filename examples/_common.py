@@ -46,6 +46,8 @@ def write_results(name, results, history=None, ylabel="loss"):
         for key in ("loss", "val_loss"):
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=key)
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{name} (fastlstm)")
@@ -108,3 +110,17 @@ def fit_timed(model, x, y, epochs, batch_size, validation_data=None, seed=0):
         print(f"epoch {e + 1}/{epochs}: " + " ".join(f"{k} {v[-1]:.4f}" for k, v in hist.items())
               + f" ({secs[-1]:.0f} s)", flush=True)
     return hist, secs
+
+
+def set_threads(n):
+    """Same thread count for fastlstm and torch. Default 1 in the examples: on a busy 2-core machine, 2 spinning
+    threads made fastlstm's small-batch training steps ~10x slower (see examples/README.md)."""
+    import fastlstm
+    fastlstm.set_num_threads(n)
+    if have_torch():
+        import torch
+        torch.set_num_threads(n)
+
+
+def add_threads_arg(p):
+    p.add_argument("--threads", type=int, default=1, help="threads for fastlstm and torch (default 1)")

@@ -42,7 +42,9 @@ def main():
     p.add_argument("--maxlen", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--torch-epochs", type=int, default=1)
+    _common.add_threads_arg(p)
     a = p.parse_args()
+    _common.set_threads(a.threads)
 
     tr, y_tr, va, y_va = imdb_split()
     vocab = Vocabulary.fit(tr, num_words=a.num_words)

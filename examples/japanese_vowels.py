@@ -19,7 +19,9 @@ def main():
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--units", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    _common.add_threads_arg(p)
     a = p.parse_args()
+    _common.set_threads(a.threads)
 
     Xtr, ytr, Xte, yte = japanese_vowels()
     classes = sorted(set(ytr))

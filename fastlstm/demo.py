@@ -134,7 +134,10 @@ def torch_equivalent(model):
 
 
 def _compare_peers(model, x, ours_us, repeats, out):
-    """Time onnxruntime and torch on the same one-review input; print latency and agreement."""
+    """Time onnxruntime and torch on the same one-review input, with fastlstm's thread count; print latency and
+    agreement."""
+    import fastlstm
+    threads = fastlstm.info()["threads"]
     ref = model.predict(x)
     try:
         import onnxruntime as ort
@@ -142,18 +145,19 @@ def _compare_peers(model, x, ours_us, repeats, out):
             path = os.path.join(d, "imdb.onnx")
             model.export_onnx(path)
             so = ort.SessionOptions()
-            so.intra_op_num_threads = 1
+            so.intra_op_num_threads = threads
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]
         xo = x.astype(np.int64 if "int64" in inp.type else np.int32 if "int32" in inp.type else np.float32)
         y = sess.run(None, {inp.name: xo})[0]
         us = _median_us(lambda: sess.run(None, {inp.name: xo}), repeats)
         out(f"  onnxruntime {us:9.1f} us   (fastlstm is {us / ours_us:.2f}x as fast; "
-            f"max |diff| {np.abs(y - ref).max():.1e})")
+            f"max |diff| {np.abs(y - ref).max():.1e}; {threads} threads)")
     except ImportError:
         out("  onnxruntime not installed: skipped")
     try:
         import torch
+        torch.set_num_threads(threads)
         net = torch_equivalent(model)
         xt = torch.from_numpy(x.astype(np.int64))
         with torch.inference_mode():
@@ -161,7 +165,7 @@ def _compare_peers(model, x, ours_us, repeats, out):
             us = _median_us(lambda: net(xt), repeats)
         out(f"  torch       {us:9.1f} us   (fastlstm is {us / ours_us:.2f}x as fast; "
             f"max |diff| {np.abs(y - ref).max():.1e}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads)")
+            f"{threads} threads)")
     except ImportError:
         out("  torch not installed: skipped (pip install torch==2.13.0)")
 

@@ -32,8 +32,10 @@ cdef extern from *:
     #define FL_PACKED_GEMM 0
     #endif
 
-    /* floats needed for W (K x N) packed: ceil(N / 16) panels of K rows x 16 columns */
-    static size_t fl_packed_size(int K, int N) { return (size_t)K * (size_t)((N + 15) / 16) * 16; }
+    /* floats for W (K x N) packed: ceil(N / 16) panels of K rows x 16 columns, then FL_APACK floats of
+       scratch where fl_gemm_packed packs row blocks of A */
+    #define FL_APACK (65536 + 6 * 512)
+    static size_t fl_packed_size(int K, int N) { return (size_t)K * (size_t)((N + 15) / 16) * 16 + FL_APACK; }
 
     /* Wp = W (K x N, row stride ldw; trans: W[k, n] is at W[n * ldw + k]) as 16-column panels, zero padded */
     static void fl_pack(int K, int N, const float *W, int ldw, int trans, float *Wp) {
@@ -49,21 +51,25 @@ cdef extern from *:
     }
 
     #if FL_PACKED_GEMM
-    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel); mr is a constant after inlining */
-    static inline __attribute__((always_inline)) void fl_tile(const int mr, int K, const float *A, int lda,
+    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel), A packed as Ap[k * 6 + row];
+       mr is a constant after inlining */
+    static inline __attribute__((always_inline)) void fl_tile(const int mr, int K, const float *Ap,
                                                               const float *Bp, float *C, int ldc) {
         __m256 c0a = _mm256_setzero_ps(), c0b = c0a, c1a = c0a, c1b = c0a, c2a = c0a, c2b = c0a,
                c3a = c0a, c3b = c0a, c4a = c0a, c4b = c0a, c5a = c0a, c5b = c0a, a, b0, b1;
-        const float *A1 = A + lda, *A2 = A + 2 * lda, *A3 = A + 3 * lda, *A4 = A + 4 * lda, *A5 = A + 5 * lda;
+        for (int i = 0; i < mr; i++) {     /* the C tile is read at the end: start fetching it now */
+            _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(C + i * ldc + 15), _MM_HINT_T0);
+        }
         for (int k = 0; k < K; k++) {
             b0 = _mm256_loadu_ps(Bp + 16 * k);
             b1 = _mm256_loadu_ps(Bp + 16 * k + 8);
-            a = _mm256_broadcast_ss(A + k);  c0a = _mm256_fmadd_ps(a, b0, c0a);  c0b = _mm256_fmadd_ps(a, b1, c0b);
-            if (mr > 1) { a = _mm256_broadcast_ss(A1 + k); c1a = _mm256_fmadd_ps(a, b0, c1a); c1b = _mm256_fmadd_ps(a, b1, c1b); }
-            if (mr > 2) { a = _mm256_broadcast_ss(A2 + k); c2a = _mm256_fmadd_ps(a, b0, c2a); c2b = _mm256_fmadd_ps(a, b1, c2b); }
-            if (mr > 3) { a = _mm256_broadcast_ss(A3 + k); c3a = _mm256_fmadd_ps(a, b0, c3a); c3b = _mm256_fmadd_ps(a, b1, c3b); }
-            if (mr > 4) { a = _mm256_broadcast_ss(A4 + k); c4a = _mm256_fmadd_ps(a, b0, c4a); c4b = _mm256_fmadd_ps(a, b1, c4b); }
-            if (mr > 5) { a = _mm256_broadcast_ss(A5 + k); c5a = _mm256_fmadd_ps(a, b0, c5a); c5b = _mm256_fmadd_ps(a, b1, c5b); }
+            a = _mm256_broadcast_ss(Ap + 6 * k + 0);  c0a = _mm256_fmadd_ps(a, b0, c0a);  c0b = _mm256_fmadd_ps(a, b1, c0b);
+            if (mr > 1) { a = _mm256_broadcast_ss(Ap + 6 * k + 1); c1a = _mm256_fmadd_ps(a, b0, c1a); c1b = _mm256_fmadd_ps(a, b1, c1b); }
+            if (mr > 2) { a = _mm256_broadcast_ss(Ap + 6 * k + 2); c2a = _mm256_fmadd_ps(a, b0, c2a); c2b = _mm256_fmadd_ps(a, b1, c2b); }
+            if (mr > 3) { a = _mm256_broadcast_ss(Ap + 6 * k + 3); c3a = _mm256_fmadd_ps(a, b0, c3a); c3b = _mm256_fmadd_ps(a, b1, c3b); }
+            if (mr > 4) { a = _mm256_broadcast_ss(Ap + 6 * k + 4); c4a = _mm256_fmadd_ps(a, b0, c4a); c4b = _mm256_fmadd_ps(a, b1, c4b); }
+            if (mr > 5) { a = _mm256_broadcast_ss(Ap + 6 * k + 5); c5a = _mm256_fmadd_ps(a, b0, c5a); c5b = _mm256_fmadd_ps(a, b1, c5b); }
         }
         #define FL_ACC(i, ca, cb) { float *Ci = C + (i) * ldc; \\
             _mm256_storeu_ps(Ci, _mm256_add_ps(_mm256_loadu_ps(Ci), ca)); \\
@@ -78,41 +84,57 @@ cdef extern from *:
     }
     #endif
 
-    /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack */
+    /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack into Wp (whose
+       scratch tail is overwritten) */
     static void fl_gemm_packed(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc) {
     #if FL_PACKED_GEMM
         float tmp[6 * 16];
+        float *Ap = (float *)Wp + fl_packed_size(K, N) - FL_APACK;   /* scratch after the panels */
         int np = (N + 15) / 16;
-        /* rows in blocks whose A slice stays in L2 (~128 KiB) while every panel streams past it */
-        int mb = (32768 / (K > 0 ? K : 1)) / 6 * 6;
-        if (mb < 6) mb = 6;
-        for (int i0 = 0; i0 < M; i0 += mb) {
-            int i1 = i0 + mb < M ? i0 + mb : M;
-            for (int p = 0; p < np; p++) {
-                const float *Bp = Wp + (size_t)p * K * 16;
-                int n0 = p * 16, nn = N - n0 < 16 ? N - n0 : 16;
+        /* K in equal chunks of at most 384 (a panel chunk, <= 24 KiB, stays in L1 while the row tiles pass over
+           it), rows in equal blocks of at most 32768 / kc (their packed A, <= 128 KiB, stays in L2) */
+        int nk = (K + 511) / 512, kstep = (K + nk - 1) / nk;
+        for (int k0 = 0; k0 < K; k0 += kstep) {
+            int kc = K - k0 < kstep ? K - k0 : kstep;
+            int nb = (int)(((size_t)M * kc + 65535) / 65536);
+            int mb = ((M + nb - 1) / nb + 5) / 6 * 6;
+            for (int i0 = 0; i0 < M; i0 += mb) {
+                int i1 = i0 + mb < M ? i0 + mb : M;
+                /* pack A[i0:i1, k0:k0+kc] as 6-row tiles, row index fastest: one broadcast stream per tile */
                 for (int i = i0; i < i1; i += 6) {
                     int mr = i1 - i < 6 ? i1 - i : 6;
-                    const float *Ai = A + (size_t)i * lda;
-                    float *Ct = C + (size_t)i * ldc + n0;
-                    int ldt = ldc;
-                    if (nn < 16) {      /* partial panel: work on a zero-padded copy of the C tile */
-                        memset(tmp, 0, sizeof(tmp));
-                        for (int r = 0; r < mr; r++) memcpy(tmp + 16 * r, Ct + (size_t)r * ldc, nn * sizeof(float));
-                        Ct = tmp;
-                        ldt = 16;
+                    float *dst = Ap + (size_t)(i - i0) * kc;
+                    for (int r = 0; r < mr; r++) {
+                        const float *src = A + (size_t)(i + r) * lda + k0;
+                        for (int k = 0; k < kc; k++) dst[6 * k + r] = src[k];
                     }
-                    switch (mr) {
-                        case 6: fl_tile(6, K, Ai, lda, Bp, Ct, ldt); break;
-                        case 5: fl_tile(5, K, Ai, lda, Bp, Ct, ldt); break;
-                        case 4: fl_tile(4, K, Ai, lda, Bp, Ct, ldt); break;
-                        case 3: fl_tile(3, K, Ai, lda, Bp, Ct, ldt); break;
-                        case 2: fl_tile(2, K, Ai, lda, Bp, Ct, ldt); break;
-                        default: fl_tile(1, K, Ai, lda, Bp, Ct, ldt); break;
+                }
+                for (int p = 0; p < np; p++) {
+                    const float *Bp = Wp + (size_t)p * K * 16 + (size_t)k0 * 16;
+                    int n0 = p * 16, nn = N - n0 < 16 ? N - n0 : 16;
+                    for (int i = i0; i < i1; i += 6) {
+                        int mr = i1 - i < 6 ? i1 - i : 6;
+                        const float *Ai = Ap + (size_t)(i - i0) * kc;
+                        float *Ct = C + (size_t)i * ldc + n0;
+                        int ldt = ldc;
+                        if (nn < 16) {      /* partial panel: work on a zero-padded copy of the C tile */
+                            memset(tmp, 0, sizeof(tmp));
+                            for (int r = 0; r < mr; r++) memcpy(tmp + 16 * r, Ct + (size_t)r * ldc, nn * sizeof(float));
+                            Ct = tmp;
+                            ldt = 16;
+                        }
+                        switch (mr) {
+                            case 6: fl_tile(6, kc, Ai, Bp, Ct, ldt); break;
+                            case 5: fl_tile(5, kc, Ai, Bp, Ct, ldt); break;
+                            case 4: fl_tile(4, kc, Ai, Bp, Ct, ldt); break;
+                            case 3: fl_tile(3, kc, Ai, Bp, Ct, ldt); break;
+                            case 2: fl_tile(2, kc, Ai, Bp, Ct, ldt); break;
+                            default: fl_tile(1, kc, Ai, Bp, Ct, ldt); break;
+                        }
+                        if (nn < 16)
+                            for (int r = 0; r < mr; r++)
+                                memcpy(C + (size_t)(i + r) * ldc + n0, tmp + 16 * r, nn * sizeof(float));
                     }
-                    if (nn < 16)
-                        for (int r = 0; r < mr; r++)
-                            memcpy(C + (size_t)(i + r) * ldc + n0, tmp + 16 * r, nn * sizeof(float));
                 }
             }
         }

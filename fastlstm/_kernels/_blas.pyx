@@ -7,6 +7,7 @@ Row-major C = op(A) @ op(B) has the memory of column-major C^T = op(B)^T @ op(A)
 routine gets B first and m, n swapped; a row-major A (m, n) is a column-major (n, m) matrix, so gemv
 flips the transpose flag. Leading dimensions are row strides in elements, as in row-major C.
 """
+from libc.stdlib cimport free, malloc
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 
@@ -54,3 +55,21 @@ def _gemm_check(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
     with nogil:
         gemm(TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k, <floating>alpha,
              &a[0, 0], a.shape[1], &b[0, 0], b.shape[1], <floating>beta, &c[0, 0], c.shape[1])
+
+
+def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1] c, bint packed, int repeats=1):
+    """c += a @ w, `repeats` times, through fl_gemm_packed (packed) or gemm: for tests and timing only."""
+    cdef int M = a.shape[0], K = a.shape[1], N = w.shape[1], r
+    cdef float *wp = NULL
+    if packed and FL_PACKED_GEMM:
+        wp = <float*>malloc(fl_packed_size(K, N) * sizeof(float))
+    with nogil:
+        if wp != NULL:
+            fl_pack(K, N, &w[0, 0], N, 0, wp)
+        for r in range(repeats):
+            if wp != NULL:
+                fl_gemm_packed(M, N, K, &a[0, 0], K, wp, &c[0, 0], N)
+            else:
+                gemm(NO_TRANS, NO_TRANS, M, N, K, <float>1, &a[0, 0], K, &w[0, 0], N, <float>1, &c[0, 0], N)
+    free(wp)
+    return c

@@ -18,6 +18,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..config import NUMBA_FLAGS
@@ -318,3 +319,169 @@ def add_column_sums(out, d2):
             acc[j] += d2[n, j]
     for j in range(d2.shape[1]):
         out[j] += acc[j]
+
+
+# ---- packed float32 GEMM for the per-step recurrent products ------------------------------------------------
+# OpenBLAS packs its operands again on every call; for the small per-step products (B rows, B <= PACKED_MAX_ROWS)
+# that costs as much as the multiply-adds. Here the fixed right operand W (K, N) is packed once per kernel call
+# into 16-column panels Wp (N/16, K, 16), and each step runs a 6x16 register tile (12 AVX accumulators) over them:
+#     C[i:i+6, 16p:16p+16] = A[i:i+6, :] @ Wp[p]
+# A and C are padded to a multiple of 6 rows and C to a multiple of 16 columns, so every tile is full.
+PACKED_MAX_ROWS = 96
+TILE_ROWS, TILE_COLS = 6, 16
+
+
+@intrinsic
+def _tile_6x16(typingctx, a, a0, lda, bp, b0, c, c0, ldc, k):
+    """C[c0 + r*ldc + j] = sum_k A[a0 + r*lda + k] * Bp[b0 + 16*k + j]   for r < 6, j < 16 (float32 arrays;
+    for other dtypes it does nothing: the kernels only call it on float32)."""
+    is_f32 = isinstance(a, types.Array) and a.dtype == types.float32
+
+    def codegen(context, builder, sig, args):
+        if not is_f32:
+            return context.get_dummy_value()
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        vptr = vec.as_pointer()
+        a_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        b_data = context.make_array(sig.args[3])(context, builder, args[3]).data
+        c_data = context.make_array(sig.args[5])(context, builder, args[5]).data
+        ext = [builder.sext(v, i64) if v.type.width < 64 else v for v in (args[1], args[2], args[4], args[6],
+                                                                           args[7], args[8])]
+        a_off, lda_v, b_off, c_off, ldc_v, k_n = ext
+        a_ptr = builder.gep(a_data, [a_off])
+        b_ptr = builder.gep(b_data, [b_off])
+        c_ptr = builder.gep(c_data, [c_off])
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                                 "llvm.fmuladd.v8f32")
+        zero = ir.Constant(vec, [0.0] * 8)
+        bcast = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        undef = ir.Constant(vec, ir.Undefined)
+        entry = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", k_n, ir.Constant(i64, 0)), loop, done)
+        # for k: acc[r] += A[r, k] * Bp[k, 0:16]
+        builder.position_at_end(loop)
+        kk = builder.phi(i64)
+        acc = [builder.phi(vec) for _ in range(12)]
+        kk.add_incoming(ir.Constant(i64, 0), entry)
+        for v in acc:
+            v.add_incoming(zero, entry)
+        brow = builder.gep(b_ptr, [builder.mul(kk, ir.Constant(i64, 16))])
+        b_lo = builder.load(builder.bitcast(brow, vptr), align=4)
+        b_hi = builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, 8)]), vptr), align=4)
+        new = []
+        for r in range(6):
+            a_rk = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(ir.Constant(i64, r), lda_v), kk)]))
+            a_v = builder.shuffle_vector(builder.insert_element(undef, a_rk, ir.Constant(ir.IntType(32), 0)),
+                                         undef, bcast)
+            new.append(builder.call(fmuladd, [a_v, b_lo, acc[2 * r]]))
+            new.append(builder.call(fmuladd, [a_v, b_hi, acc[2 * r + 1]]))
+        k_next = builder.add(kk, ir.Constant(i64, 1))
+        loop_end = builder.block
+        kk.add_incoming(k_next, loop_end)
+        for v, n in zip(acc, new):
+            v.add_incoming(n, loop_end)
+        builder.cbranch(builder.icmp_signed("<", k_next, k_n), loop, done)
+        # C tile = acc
+        builder.position_at_end(done)
+        res = []
+        for n in new:
+            v = builder.phi(vec)
+            v.add_incoming(zero, entry)
+            v.add_incoming(n, loop_end)
+            res.append(v)
+        for r in range(6):
+            row = builder.gep(c_ptr, [builder.mul(ir.Constant(i64, r), ldc_v)])
+            for h in range(2):
+                builder.store(res[2 * r + h], builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), vptr),
+                              align=4)
+        return context.get_dummy_value()
+
+    return types.void(a, a0, lda, bp, b0, c, c0, ldc, k), codegen
+
+
+@njit(**NUMBA_FLAGS)
+def pack_panels(w, transpose, out):
+    """out[p, k, j] = W[k, 16p + j] (0 past N), W = w (K, N) or, with transpose, w.T (w (N, K)).
+    out (ceil(N / 16), K, 16)."""
+    P, K, _ = out.shape
+    N = w.shape[0] if transpose else w.shape[1]
+    for p in range(P):
+        for k in range(K):
+            for j in range(TILE_COLS):
+                n = p * TILE_COLS + j
+                if n >= N:
+                    out[p, k, j] = 0
+                elif transpose:
+                    out[p, k, j] = w[n, k]
+                else:
+                    out[p, k, j] = w[k, n]
+
+
+@njit(**NUMBA_FLAGS)
+def packed_matmul(a, wp, c):
+    """c = a @ W with W packed by pack_panels: a (Mp, K), wp (P, K, 16), c (Mp, >= 16P); Mp % 6 == 0, float32."""
+    Mp, K = a.shape
+    P = wp.shape[0]
+    ldc = c.shape[1]
+    for p in range(P):
+        for i in range(0, Mp, TILE_ROWS):
+            _tile_6x16(a, i * K, K, wp, p * K * TILE_COLS, c, i * ldc + p * TILE_COLS, ldc, K)
+
+
+@njit(**NUMBA_FLAGS)
+def padded_rows(n):
+    """n rounded up to a whole number of 6-row tiles."""
+    return (n + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
+
+
+@njit(**NUMBA_FLAGS)
+def padded_cols(n):
+    """n rounded up to whole 16-column panels."""
+    return (n + TILE_COLS - 1) // TILE_COLS * TILE_COLS
+
+
+@njit(**NUMBA_FLAGS)
+def use_packed(arr, B, T):
+    """Whether the per-step products take the packed float32 tiles: float32, 2 <= B <= PACKED_MAX_ROWS, T >= 2
+    (one row is a matrix-vector product, where BLAS is as fast; one step does not repay the packing)."""
+    return arr.itemsize == 4 and 2 <= B <= PACKED_MAX_ROWS and T >= 2
+
+
+@njit(**NUMBA_FLAGS)
+def pack_for_steps(w, transpose, packed):
+    """W = w (K, N) or w.T packed into panels for packed_matmul; shape (0, K, 16) when not packed."""
+    K = w.shape[1] if transpose else w.shape[0]
+    N = w.shape[0] if transpose else w.shape[1]
+    wp = np.empty((padded_cols(N) // TILE_COLS if packed else 0, K, TILE_COLS), w.dtype)
+    if packed:
+        pack_panels(w, transpose, wp)
+    return wp
+
+
+@njit(**NUMBA_FLAGS)
+def step_buffer(B, N, packed, like):
+    """Output scratch of a per-step product: (B, N), or (zeros) padded to whole tiles when packed."""
+    if packed:
+        return np.zeros((padded_rows(B), padded_cols(N)), like.dtype)
+    return np.zeros((B, N), like.dtype)
+
+
+@njit(**NUMBA_FLAGS)
+def step_input_buffer(B, K, packed, like):
+    """Left-operand scratch of a per-step product: (B, K), or (zeros) padded to whole 6-row tiles when packed."""
+    return np.zeros((padded_rows(B) if packed else B, K), like.dtype)
+
+
+@njit(**NUMBA_FLAGS)
+def step_matmul(a, w, wp, a_pad, out):
+    """out = a @ w for one step: packed tiles when wp holds panels (a copied into the padded a_pad unless it is
+    a_pad), else np.dot. a (B, K); out (B, N), or (Mp, Np) when packed: rows >= B and columns >= N are padding."""
+    if wp.shape[0] > 0:
+        if a.shape[0] != a_pad.shape[0]:
+            a_pad[:a.shape[0]] = a
+        packed_matmul(a_pad, wp, out)
+    else:
+        np.dot(a, w, out)

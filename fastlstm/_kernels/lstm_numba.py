@@ -16,7 +16,8 @@ from numba import njit
 
 from ..config import NUMBA_FLAGS
 from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
-                            clip_grad_row, clip_row, dact_row, sigmoid, tanh)
+                            clip_grad_row, clip_row, dact_row, pack_for_steps, sigmoid, step_buffer,
+                            step_input_buffer, step_matmul, tanh, use_packed)
 from .acts import SIGMOID, TANH
 
 
@@ -44,7 +45,11 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
     if T * B > 0:
         np.dot(x.reshape(T * B, I), w_x, z_ws.reshape(T * B, G))
     cT_out[:] = c0
-    hz = np.empty((B, G), z_ws.dtype)          # h_prev @ W_h
+    # per-step h_prev @ W_h: W_h packed once for the float32 register tiles (see _numba_common), else np.dot
+    packed = use_packed(z_ws, B, T)
+    w_h_packed = pack_for_steps(w_h, False, packed)
+    h_pad = step_input_buffer(B, H, packed, z_ws)
+    hz = step_buffer(B, G, packed, z_ws)       # h_prev @ W_h
     gate_buf = np.empty(G, z_ws.dtype)         # activated gates when not training
     c_buf = np.empty(H, z_ws.dtype)            # candidate cell of a masked row
     ac = np.empty(H, z_ws.dtype)               # a_h(c)
@@ -52,7 +57,7 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
     for k in range(T):
         t = T - 1 - k if reverse else k
         # hz = h_prev @ W_h
-        np.dot(h_prev, w_h, hz)
+        step_matmul(h_prev, w_h, w_h_packed, h_pad, hz)
         for r in range(B):
             z = z_ws[t, r]
             hzr = hz[r]
@@ -138,8 +143,14 @@ def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
     f_code, g_code, h_code = act_codes[0], act_codes[1], act_codes[2]
     f_a, f_b, g_a, g_b, h_a, h_b = act_ab[0, 0], act_ab[0, 1], act_ab[1, 0], act_ab[1, 1], act_ab[2, 0], act_ab[2, 1]
     clip_t = cast_like(clip, dz_ws)
+    fused = (f_code == SIGMOID and g_code == TANH and h_code == TANH and not peep and not use_clip
+             and not input_forget)
     dh = dhT.copy()
-    dh_next = np.empty_like(dh)
+    # per-step dz @ W_h^T: W_h^T packed once for the float32 register tiles, else np.dot
+    packed = use_packed(dz_ws, B, T)
+    w_hT_packed = pack_for_steps(w_h, True, packed)
+    dz_pad = step_input_buffer(B, G, packed, dz_ws)
+    dh_gemm = step_buffer(B, H, packed, dz_ws)
     dc0_out[:] = dcT                            # the running dc lives in dc0_out
     dc = dc0_out
     ac = np.empty(H, dz_ws.dtype)               # a_h(c)
@@ -168,6 +179,19 @@ def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
             zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:]
             gi, gf, gg, go = gate[:H], gate[H:2 * H], gate[2 * H:3 * H], gate[3 * H:]
             dzi, dzf, dzg, dzo = dz[:H], dz[H:2 * H], dz[2 * H:3 * H], dz[3 * H:]
+            if fused:
+                # the default cell in one loop: sigmoid' = a (1 - a), tanh' = 1 - a^2
+                for j in range(H):
+                    dhj = dhr[j] + dyr[j]
+                    i, f, g, o = gi[j], gf[j], gg[j], go[j]
+                    a = tanh(c[j])
+                    dzo[j] = dhj * a * (o * (ONE - o))
+                    dct = dcr[j] + dhj * o * (ONE - a * a)
+                    dzi[j] = dct * g * (i * (ONE - i))
+                    dzf[j] = dct * cp[j] * (f * (ONE - f))
+                    dzg[j] = dct * i * (ONE - g * g)
+                    dcr[j] = dct * f
+                continue
             act_row(h_code, h_a, h_b, c, ac)
             dact_row(h_code, h_a, h_b, c, ac, d_ac)
             dact_row(f_code, f_a, f_b, zi, gi, d_i)
@@ -209,12 +233,10 @@ def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
                     dp_out[1, j] += dzf[j] * cp[j]
                     dp_out[2, j] += dzo[j] * c[j]
         # dh_prev = dz @ W_h^T  (masked rows keep dh)
-        np.dot(dz_ws[t], w_h.T, dh_next)
-        if has_mask:
-            for r in range(B):
-                if mask[t, r] == 0:
-                    dh_next[r, :] = dh[r]
-        dh, dh_next = dh_next, dh
+        step_matmul(dz_ws[t], w_h.T, w_hT_packed, dz_pad, dh_gemm)
+        for r in range(B):
+            if not has_mask or mask[t, r] != 0:
+                dh[r, :] = dh_gemm[r, :H]
     dh0_out[:] = dh
     if T * B == 0:
         return

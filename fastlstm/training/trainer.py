@@ -252,14 +252,15 @@ class Trainer:
         for k, objs in enumerate(self.metric_objs):
             if not objs:
                 continue
-            mask = values[m.outputs[k].id][1]
-            w = mask
+            # per-sample weights of the metric values: the output's mask times the sample weights
+            w = values[m.outputs[k].id][1]
             if sample_weight is not None:
                 sw = np.asarray(sample_weight, dtype=np.float64)
-                w = sw if mask is None else np.asarray(mask, np.float64) * sw.reshape(sw.shape + (1,) *
-                                                                                      (np.ndim(mask) - sw.ndim))
+                if w is not None:
+                    sw = np.asarray(w, np.float64) * sw.reshape(sw.shape + (1,) * (np.ndim(w) - sw.ndim))
+                w = sw
             for o in objs:
-                o.update_state(ys[k], y_preds[k], w if w is None or np.ndim(w) else None)
+                o.update_state(ys[k], y_preds[k], w)
 
     # ---- steps ---------------------------------------------------------------------------------------------
     def _variables(self):
@@ -428,14 +429,16 @@ def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, 
                 order[b * batch_size:(b + 1) * batch_size]
             xb = _take(xs, idx, order is None)
             yb = _take(ys, idx, order is None)
-            swb = None if sw is None else (sw[idx])
+            swb = None if sw is None else sw[idx]
             for cb in cbs:
                 cb.on_train_batch_begin(b)
             loss, per_out, finite = trainer.train_step(xb, yb, rng, swb)
             if not finite:
                 restored = trainer.restore_backup()
+                kept = ("those before the last update (the last ones with a finite loss)" if restored
+                        else "unchanged by this step")
                 msg = (f"Epoch {epoch + 1}, batch {b}: the loss is {loss} (not finite); training stopped. The weights "
-                       f"are {'those before the last update (the last ones with a finite loss)' if restored else 'unchanged by this step'}.")
+                       f"are {kept}.")
                 if bar is not None:
                     bar.close()
                     bar = None
@@ -446,7 +449,8 @@ def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, 
             nb = xb[0].shape[0]
             loss_sum += loss * nb
             seen += nb
-            out_sums = [p * nb for p in per_out] if out_sums is None else [s + p * nb for s, p in zip(out_sums, per_out)]
+            out_sums = [p * nb for p in per_out] if out_sums is None else \
+                [s + p * nb for s, p in zip(out_sums, per_out)]
             logs = _epoch_logs(trainer, loss_sum / seen, [s / seen for s in out_sums])
             for cb in cbs:
                 cb.on_train_batch_end(b, logs)
