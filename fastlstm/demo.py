@@ -32,7 +32,7 @@ TYPED_REVIEWS = [
     "What a waste of time. The plot made no sense and the acting was terrible.",
     "It was okay, some good scenes but mostly boring and forgettable.",
 ]
-STREAM_REVIEW = "I expected this to be awful, but it turned out to be one of the best films I have ever seen."
+STREAM_REVIEW = "The first half is slow and I almost left, but the ending is brilliant and the acting is wonderful."
 
 
 def data_path(name):
@@ -152,7 +152,7 @@ def _compare_peers(model, x, ours_us, repeats, out):
         y = sess.run(None, {inp.name: xo})[0]
         us = _median_us(lambda: sess.run(None, {inp.name: xo}), repeats)
         out(f"  onnxruntime {us:9.1f} us   (fastlstm is {us / ours_us:.2f}x as fast; "
-            f"max |diff| {np.abs(y - ref).max():.1e}; {threads} threads)")
+            f"max |diff| {np.abs(y - ref).max():.1e}; threads {threads})")
     except ImportError:
         out("  onnxruntime not installed: skipped")
     try:
@@ -165,7 +165,7 @@ def _compare_peers(model, x, ours_us, repeats, out):
             us = _median_us(lambda: net(xt), repeats)
         out(f"  torch       {us:9.1f} us   (fastlstm is {us / ours_us:.2f}x as fast; "
             f"max |diff| {np.abs(y - ref).max():.1e}; torch {torch.__version__}, "
-            f"{threads} threads)")
+            f"threads {threads})")
     except ImportError:
         out("  torch not installed: skipped (pip install torch==2.13.0)")
 

@@ -4,6 +4,7 @@ A row-major matrix is the transpose of the same memory read column-major, so row
 C = op(A) @ op(B) is computed as column-major C^T = op(B)^T @ op(A)^T: swap the operands and m, n.
 """
 from cython cimport floating
+from libc.stdlib cimport malloc
 
 cdef enum Trans:
     NO_TRANS = 0
@@ -34,7 +35,7 @@ cdef extern from *:
 
     /* floats for W (K x N) packed: ceil(N / 16) panels of K rows x 16 columns, then FL_APACK floats of
        scratch where fl_gemm_packed packs row blocks of A */
-    #define FL_APACK (65536 + 6 * 512)
+    #define FL_APACK (65536 + 6 * 384)
     static size_t fl_packed_size(int K, int N) { return (size_t)K * (size_t)((N + 15) / 16) * 16 + FL_APACK; }
 
     /* Wp = W (K x N, row stride ldw; trans: W[k, n] is at W[n * ldw + k]) as 16-column panels, zero padded */
@@ -93,7 +94,7 @@ cdef extern from *:
         int np = (N + 15) / 16;
         /* K in equal chunks of at most 384 (a panel chunk, <= 24 KiB, stays in L1 while the row tiles pass over
            it), rows in equal blocks of at most 32768 / kc (their packed A, <= 128 KiB, stays in L2) */
-        int nk = (K + 511) / 512, kstep = (K + nk - 1) / nk;
+        int nk = (K + 383) / 384, kstep = (K + nk - 1) / nk;
         for (int k0 = 0; k0 < K; k0 += kstep) {
             int kc = K - k0 < kstep ? K - k0 : kstep;
             int nb = (int)(((size_t)M * kc + 65535) / 65536);
@@ -148,3 +149,42 @@ cdef extern from *:
     void fl_pack(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemm_packed(int M, int N, int K, const float* A, int lda, const float* Wp, float* C,
                         int ldc) noexcept nogil
+
+
+cdef enum:
+    PACKED_MAX_ROWS = 128    # from this batch size on, OpenBLAS's own packing pays for itself (measured)
+    GEMV_MAX_ROWS = 8        # up to here one gemv per row beats gemm, which packs all of W on every call
+
+
+cdef inline float* pack_weights(int K, int N, const floating* w, int ldw, bint trans, Py_ssize_t rows) noexcept nogil:
+    """A packed copy of op(W) (K x N; trans: W is stored N x K) for matmul_acc, when the packed path applies
+    (float32, built with AVX2/FMA, 1 < rows < PACKED_MAX_ROWS) and malloc succeeds; else NULL. free() it."""
+    cdef float *wp = NULL
+    if floating is float:
+        if FL_PACKED_GEMM and 1 < rows < PACKED_MAX_ROWS:
+            wp = <float*>malloc(fl_packed_size(K, N) * sizeof(float))
+            if wp != NULL:
+                fl_pack(K, N, w, ldw, trans, wp)
+    return wp
+
+
+cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, const floating* w, int ldw,
+                            bint trans_w, float* wp, floating* c, int ldc) noexcept nogil:
+    """C (M x N) += A (M x K) @ op(W), op(W) = W (K x N) or, with trans_w, W^T (W stored N x K).
+    The packed kernel when wp (pack_weights) is given, one gemv per row when M <= GEMV_MAX_ROWS, else gemm."""
+    if floating is float:
+        if wp != NULL:
+            fl_gemm_packed(M, N, K, a, lda, wp, c, ldc)
+            return
+    cdef int i
+    if M <= GEMV_MAX_ROWS:
+        for i in range(M):
+            if trans_w:
+                # c[i] += W @ a[i]
+                gemv(NO_TRANS, N, K, <floating>1, w, ldw, a + i * lda, <floating>1, c + i * ldc)
+            else:
+                # c[i] += W^T @ a[i]
+                gemv(TRANS, K, N, <floating>1, w, ldw, a + i * lda, <floating>1, c + i * ldc)
+    else:
+        # C += A @ op(W)
+        gemm(NO_TRANS, TRANS if trans_w else NO_TRANS, M, N, K, <floating>1, a, lda, w, ldw, <floating>1, c, ldc)

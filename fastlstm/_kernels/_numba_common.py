@@ -483,5 +483,7 @@ def step_matmul(a, w, wp, a_pad, out):
         if a.shape[0] != a_pad.shape[0]:
             a_pad[:a.shape[0]] = a
         packed_matmul(a_pad, wp, out)
+    elif a.shape[0] == 1:
+        np.dot(a[0], w, out[0])          # one row: a matrix-vector product (BLAS gemv)
     else:
         np.dot(a, w, out)

@@ -17,12 +17,13 @@ the gate pass and the dh_prev GEMM, then dw_x, dx, dw_h as GEMMs over all T*B ro
 The default activations (sigmoid, tanh) with reset_after and no clip take one fused, vectorised loop per
 row; anything else takes the general pass on CH-column chunks in stack buffers. Nothing is allocated.
 """
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
-from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, gemv
+from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
 
 cdef enum:
     CH = 64          # columns per chunk in the general gate pass
@@ -35,18 +36,6 @@ cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcep
 cdef inline Py_ssize_t _step(Py_ssize_t k, Py_ssize_t T, bint reverse) noexcept nogil:
     """time index of the k-th processed step"""
     return T - 1 - k if reverse else k
-
-
-cdef inline void _recurrent(const floating* h, Py_ssize_t ldh, const floating* w, floating* out, Py_ssize_t B,
-                            Py_ssize_t H, Py_ssize_t N, Py_ssize_t ld) noexcept nogil:
-    """out (B, N; row stride ld) += h (B, H; row stride ldh) @ w (H, N; row stride ld)"""
-    if B == 1:
-        # out += w^T @ h
-        gemv(TRANS, <int>H, <int>N, <floating>1, w, <int>ld, h, <floating>1, out)
-    else:
-        # out += h @ w
-        gemm(NO_TRANS, NO_TRANS, <int>B, <int>N, <int>H, <floating>1, h, <int>ldh, w, <int>ld, <floating>1,
-             out, <int>ld)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,14 +167,17 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
     cdef floating *hzt
     cdef floating *yt
     cdef floating *gt
+    # the recurrent weights packed once for the per-step products (float32, small batches; else NULL):
+    # all of w_h (reset_after), or w_h[:, :2H] and w_h[:, 2H:] (reset_before)
+    cdef float *wp_a = pack_weights(<int>H, <int>(G if reset_after else 2 * H), w_h, <int>G, False, B)
+    cdef float *wp_n = NULL if reset_after else pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, False, B)
     # z_ws = b_x (+ b_hn on the n slice for reset_before), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
         _copy(z_ws + r * G, b_x, G)
         if not reset_after:
             for j in range(H):
                 z_ws[r * G + 2 * H + j] += b_h[2 * H + j]
-    gemm(NO_TRANS, NO_TRANS, <int>(T * B), <int>G, <int>I, <floating>1, x, <int>I, w_x, <int>G,
-         <floating>1, z_ws, <int>G)
+    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, NULL, z_ws, <int>G)
     for k in range(T):
         t = _step(k, T, reverse)
         zt = z_ws + t * B * G
@@ -196,7 +188,7 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
             # hz_ws[t] = h_prev @ w_h + b_h
             for bi in range(B):
                 _copy(hzt + bi * G, b_h, G)
-            _recurrent(h_prev, H, w_h, hzt, B, H, G, G)
+            matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, hzt, <int>G)
             for bi in range(B):
                 row = t * B + bi
                 valid = mask == NULL or mask[row] != 0
@@ -215,14 +207,15 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
             # hz_ws[t][:, :2H] = h_prev @ w_h[:, :2H] + b_h[:2H]
             for bi in range(B):
                 _copy(hzt + bi * G, b_h, 2 * H)
-            _recurrent(h_prev, H, w_h, hzt, B, H, 2 * H, G)
+            matmul_acc(<int>B, <int>(2 * H), <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, hzt, <int>G)
             # z, r; hz_ws[t][:, 2H:] = r * h_prev. z is kept in gates_out, or in y_out[t] until h replaces it
             for bi in range(B):
                 _fwd_row_before_zr(zt + bi * G, hzt + bi * G, h_prev + bi * H, hzt + bi * G + 2 * H,
                                    gt + bi * G if training else yt + bi * H,
                                    gt + bi * G + H if training else NULL, codes, ab, clip, H)
             # z_ws[t][:, 2H:] += (r * h_prev) @ w_h[:, 2H:]   (b_hn is already in z_ws)
-            _recurrent(hzt + 2 * H, G, w_h + 2 * H, zt + 2 * H, B, H, H, G)
+            matmul_acc(<int>B, <int>H, <int>H, hzt + 2 * H, <int>G, w_h + 2 * H, <int>G, False, wp_n, zt + 2 * H,
+                       <int>G)
             for bi in range(B):
                 row = t * B + bi
                 _fwd_row_before_n(zt + bi * G + 2 * H, gt + bi * G if training else yt + bi * H,
@@ -232,6 +225,8 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
                     _copy(yt + bi * H, h_prev + bi * H, H)
         h_prev = yt
     _copy(hT, h_prev, B * H)
+    free(wp_a)
+    free(wp_n)
 
 
 def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
@@ -370,8 +365,14 @@ cdef void _gru_backward(const floating* x, const floating* w_x, const floating* 
     cdef floating *dzt
     cdef floating *dhzt
     cdef int N = <int>G if reset_after else <int>(2 * H)
+    cdef float *wp_a
+    cdef float *wp_n = NULL
     if T == 0:
         return
+    # w_h^T packed once (float32, small batches; else NULL): all of it, or w_h[:, :2H]^T and w_h[:, 2H:]^T
+    wp_a = pack_weights(N, <int>H, w_h, <int>G, True, B)
+    if not reset_after:
+        wp_n = pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, True, B)
     for k in range(T - 1, -1, -1):
         t = _step(k, T, reverse)
         h_prev = y + _step(k - 1, T, reverse) * B * H if k > 0 else h0
@@ -396,30 +397,22 @@ cdef void _gru_backward(const floating* x, const floating* w_x, const floating* 
                             dhzt + bi * G, codes, ab, clip, H)
         if reset_after:
             # dh += dhz_t @ w_h^T
-            if B == 1:
-                gemv(NO_TRANS, <int>H, <int>G, <floating>1, w_h, <int>G, dhzt, <floating>1, dh)
-            else:
-                gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>G, <floating>1, dhzt, <int>G, w_h, <int>G,
-                     <floating>1, dh, <int>H)
+            matmul_acc(<int>B, <int>H, <int>G, dhzt, <int>G, w_h, <int>G, True, wp_a, dh, <int>H)
         else:
             # dhz_t[:, H:2H] = dz_n @ w_h[:, 2H:]^T   (d(r * h_prev), parked in the dz_r slot; masked rows 0)
-            if B == 1:
-                gemv(NO_TRANS, <int>H, <int>H, <floating>1, w_h + 2 * H, <int>G, dzt + 2 * H, <floating>0,
-                     dhzt + H)
-            else:
-                gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>H, <floating>1, dzt + 2 * H, <int>G, w_h + 2 * H,
-                     <int>G, <floating>0, dhzt + H, <int>G)
+            for bi in range(B):
+                memset(dhzt + bi * G + H, 0, H * sizeof(floating))
+            matmul_acc(<int>B, <int>H, <int>H, dzt + 2 * H, <int>G, w_h + 2 * H, <int>G, True, wp_n, dhzt + H,
+                       <int>G)
             for bi in range(B):
                 row = t * B + bi
                 if mask == NULL or mask[row] != 0:
                     _bwd_row_before_r(z_ws + row * G, gates + row * G, h_prev + bi * H, dh + bi * H,
                                       dzt + bi * G, dhzt + bi * G, db_x, db_h, codes, ab, clip, H)
             # dh += dhz_t[:, :2H] @ w_h[:, :2H]^T
-            if B == 1:
-                gemv(NO_TRANS, <int>H, <int>(2 * H), <floating>1, w_h, <int>G, dhzt, <floating>1, dh)
-            else:
-                gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>(2 * H), <floating>1, dhzt, <int>G, w_h, <int>G,
-                     <floating>1, dh, <int>H)
+            matmul_acc(<int>B, <int>H, <int>(2 * H), dhzt, <int>G, w_h, <int>G, True, wp_a, dh, <int>H)
+    free(wp_a)
+    free(wp_n)
     # dw_x += x^T @ dz   over all T*B rows
     gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
          <floating>1, dw_x, <int>G)

@@ -20,14 +20,13 @@ CH-column chunks in stack buffers and switches on the activation codes once per 
 Running state: h_prev is y_out[t_prev] (or h0); c lives in cs_out[t] when training, else in cT_out,
 updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Nothing is allocated.
 """
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
-from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, NO_TRANS, TRANS, fl_gemm_packed, fl_pack, fl_packed_size,
-                                      gemm, gemv)
+from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
 
 cdef enum:
     CH = 64          # columns per chunk in the general gate pass
@@ -168,17 +167,12 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     cdef floating *yt
     cdef floating *ct
     cdef floating *gt = NULL
-    cdef float *w_packed = NULL
-    if floating is float:
-        if FL_PACKED_GEMM and B > 1:
-            w_packed = <float*>malloc(fl_packed_size(<int>H, <int>G) * sizeof(float))
-            if w_packed != NULL:
-                fl_pack(<int>H, <int>G, w_h, <int>G, 0, w_packed)
+    # w_h packed once for the per-step products (float32, small batches; NULL otherwise)
+    cdef float *w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B)
     # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
         _copy(z_ws + r * G, b, G)
-    gemm(NO_TRANS, NO_TRANS, <int>(T * B), <int>G, <int>I, <floating>1, x, <int>I, w_x, <int>G,
-         <floating>1, z_ws, <int>G)
+    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, NULL, z_ws, <int>G)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
@@ -191,16 +185,8 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
             gt = gates_out + t * B * G
         else:
             ct = cT
-        if B == 1:
-            # z_ws[t] += w_h^T @ h_prev   (z_t += h_prev @ w_h as a matrix-vector product)
-            gemv(TRANS, <int>H, <int>G, <floating>1, w_h, <int>G, h_prev, <floating>1, zt)
-        elif floating is float and w_packed != NULL:
-            # z_ws[t] += h_prev @ w_h   (w_h packed once above)
-            fl_gemm_packed(<int>B, <int>G, <int>H, h_prev, <int>H, w_packed, zt, <int>G)
-        else:
-            # z_ws[t] += h_prev @ w_h
-            gemm(NO_TRANS, NO_TRANS, <int>B, <int>G, <int>H, <floating>1, h_prev, <int>H, w_h, <int>G,
-                 <floating>1, zt, <int>G)
+        # z_ws[t] += h_prev @ w_h
+        matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, w_packed, zt, <int>G)
         for bi in range(B):
             valid = mask == NULL or mask[t * B + bi] != 0
             if fast and valid:
@@ -367,8 +353,11 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
                       and clip <= 0 and not input_forget)
     cdef const floating *c_prev
     cdef floating *dzt
+    cdef float *w_packed
     if T == 0:
         return
+    # w_h^T packed once for the per-step products (float32, small batches; NULL otherwise)
+    w_packed = pack_weights(<int>G, <int>H, w_h, <int>G, True, B)
     for k in range(T - 1, -1, -1):
         t = _step(k, T, reverse)
         c_prev = cs + _step(k - 1, T, reverse) * B * H if k > 0 else c0
@@ -386,13 +375,9 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
             else:
                 _bwd_row_general(z_ws + row * G, gates + row * G, cs + row * H, c_prev + bi * H, dh + bi * H,
                                  dc + bi * H, dzt + bi * G, db, p, dp, codes, ab, clip, input_forget, H)
-        if B == 1:
-            # dh += w_h @ dz_t   (dh_prev = dz @ w_h^T; dh was zeroed on valid rows)
-            gemv(NO_TRANS, <int>H, <int>G, <floating>1, w_h, <int>G, dzt, <floating>1, dh)
-        else:
-            # dh += dz_t @ w_h^T   (valid rows were zeroed: dh_prev = dz @ w_h^T; masked rows add dz = 0)
-            gemm(NO_TRANS, TRANS, <int>B, <int>H, <int>G, <floating>1, dzt, <int>G, w_h, <int>G,
-                 <floating>1, dh, <int>H)
+        # dh += dz_t @ w_h^T   (valid rows were zeroed: dh_prev = dz @ w_h^T; masked rows add dz = 0)
+        matmul_acc(<int>B, <int>H, <int>G, dzt, <int>G, w_h, <int>G, True, w_packed, dh, <int>H)
+    free(w_packed)
     # dw_x += x^T @ dz   over all T*B rows
     gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
          <floating>1, dw_x, <int>G)

@@ -21,6 +21,53 @@ from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_
 from .acts import SIGMOID, TANH
 
 
+# The default cell (sigmoid, tanh, tanh) as one loop per row. Each row loop is its own function: LLVM vectorises
+# it there (inside the kernel, with every other array in scope, it did not).
+@njit(**NUMBA_FLAGS)
+def _add_row(z, b, hz):
+    """z = (z + b) + hz   (z = x_t @ w_x, in the reference's rounding order)."""
+    for j in range(z.shape[0]):
+        z[j] = (z[j] + b[j]) + hz[j]
+
+
+@njit(**NUMBA_FLAGS)
+def _cell_row(zi, zf, zg, zo, c, y):
+    """c = f * c + i * g;  y = o * tanh(c)   with i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g)."""
+    for j in range(c.shape[0]):
+        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
+        c_new = f * c[j] + i * g
+        c[j] = c_new
+        y[j] = o * tanh(c_new)
+
+
+@njit(**NUMBA_FLAGS)
+def _cell_row_gates(zi, zf, zg, zo, c, y, gi, gf, gg, go):
+    """_cell_row, also storing the activated gates."""
+    for j in range(c.shape[0]):
+        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
+        gi[j], gf[j], gg[j], go[j] = i, f, g, o
+        c_new = f * c[j] + i * g
+        c[j] = c_new
+        y[j] = o * tanh(c_new)
+
+
+@njit(**NUMBA_FLAGS)
+def _cell_row_backward(dh, dy, gi, gf, gg, go, c, c_prev, dc, dzi, dzf, dzg, dzo):
+    """dz for one row of the default cell; dc (in: dc of this step, out: dc_prev). sigmoid' = a (1 - a),
+    tanh' = 1 - a^2, in the reference's rounding order."""
+    for j in range(c.shape[0]):
+        dhj = dh[j] + dy[j]
+        i, f, g, o = gi[j], gf[j], gg[j], go[j]
+        a = tanh(c[j])
+        dzo[j] = dhj * a * (o * (ONE - o))
+        dct = dc[j] + dhj * o * (ONE - a * a)
+        dzi[j] = dct * g * (i * (ONE - i))
+        dzf[j] = dct * c_prev[j] * (f * (ONE - f))
+        dzg[j] = dct * i * (ONE - g * g)
+        dc[j] = dct * f
+
+
+
 @njit(**NUMBA_FLAGS)
 def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
                  z_ws, y_out, hT_out, cT_out, gates_out, cs_out):
@@ -67,24 +114,13 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
             zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:]
             gi, gf, gg, go = gate[:H], gate[H:2 * H], gate[2 * H:3 * H], gate[3 * H:]
             # z = (x_t @ w_x + b) + h_prev @ w_h   (the reference's rounding order)
-            for j in range(G):
-                z[j] = (z[j] + b[j]) + hzr[j]
+            _add_row(z, b, hzr)
             if fused and valid:
-                y = y_out[t, r]
                 if training:
-                    for j in range(H):
-                        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
-                        gi[j], gf[j], gg[j], go[j] = i, f, g, o
-                        c_new = f * c[j] + i * g
-                        c[j] = c_new
-                        y[j] = o * tanh(c_new)
+                    _cell_row_gates(zi, zf, zg, zo, c, y_out[t, r], gi, gf, gg, go)
                     cs_out[t, r, :] = c
                 else:
-                    for j in range(H):
-                        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
-                        c_new = f * c[j] + i * g
-                        c[j] = c_new
-                        y[j] = o * tanh(c_new)
+                    _cell_row(zi, zf, zg, zo, c, y_out[t, r])
                 continue
             if peep:
                 for j in range(H):
@@ -180,17 +216,7 @@ def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
             gi, gf, gg, go = gate[:H], gate[H:2 * H], gate[2 * H:3 * H], gate[3 * H:]
             dzi, dzf, dzg, dzo = dz[:H], dz[H:2 * H], dz[2 * H:3 * H], dz[3 * H:]
             if fused:
-                # the default cell in one loop: sigmoid' = a (1 - a), tanh' = 1 - a^2
-                for j in range(H):
-                    dhj = dhr[j] + dyr[j]
-                    i, f, g, o = gi[j], gf[j], gg[j], go[j]
-                    a = tanh(c[j])
-                    dzo[j] = dhj * a * (o * (ONE - o))
-                    dct = dcr[j] + dhj * o * (ONE - a * a)
-                    dzi[j] = dct * g * (i * (ONE - i))
-                    dzf[j] = dct * cp[j] * (f * (ONE - f))
-                    dzg[j] = dct * i * (ONE - g * g)
-                    dcr[j] = dct * f
+                _cell_row_backward(dhr, dyr, gi, gf, gg, go, c, cp, dcr, dzi, dzf, dzg, dzo)
                 continue
             act_row(h_code, h_a, h_b, c, ac)
             dact_row(h_code, h_a, h_b, c, ac, d_ac)
