@@ -8,6 +8,7 @@ built, else numba; a backend asked for by name that is not available raises Impo
 """
 import importlib
 import importlib.util
+import os
 import types
 
 NAMES = ("reference", "numba", "cython")
@@ -24,6 +25,24 @@ _HOW_TO_BUILD = {
 _cache = {}
 
 
+def _preload_cython_blas():
+    """Load scipy.linalg.cython_blas on its own, so the Cython kernels' cimport of it does not import the whole
+    scipy.linalg package (about 0.3-0.6 s that the first predict would otherwise pay)."""
+    import sys
+    if "scipy.linalg.cython_blas" in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec("scipy")
+        folder = os.path.join(spec.submodule_search_locations[0], "linalg")
+        so = next(f for f in os.listdir(folder) if f.startswith("cython_blas.") and f.endswith((".so", ".pyd")))
+        blas_spec = importlib.util.spec_from_file_location("scipy.linalg.cython_blas", os.path.join(folder, so))
+        module = importlib.util.module_from_spec(blas_spec)
+        sys.modules[blas_spec.name] = module
+        blas_spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - fall back to the normal import
+        sys.modules.pop("scipy.linalg.cython_blas", None)
+
+
 def get_backend(name="auto"):
     """The kernel namespace for `name` ("auto", "cython", "numba", "reference")."""
     if name == "auto":
@@ -31,6 +50,8 @@ def get_backend(name="auto"):
     if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}; expected one of 'auto', {', '.join(map(repr, NAMES))}")
     if name not in _cache:
+        if name == "cython":
+            _preload_cython_blas()
         try:
             lstm_mod, gru_mod = (importlib.import_module(m) for m in _MODULES[name])
         except ImportError as e:
@@ -43,6 +64,7 @@ def get_backend(name="auto"):
 
 def cython_built():
     """True when the compiled extension modules import."""
+    _preload_cython_blas()
     try:
         importlib.import_module("fastlstm._kernels.lstm_cy")
         importlib.import_module("fastlstm._kernels.gru_cy")
