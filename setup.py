@@ -3,6 +3,7 @@
 If the C build fails (no compiler), the package still installs and runs on the Numba backend;
 `fastlstm.info()` then says the extension is missing.
 """
+import os
 import sys
 
 import numpy as np
@@ -29,13 +30,23 @@ class OptionalBuildExt(build_ext):
             print(f"WARNING: could not build {ext.name} ({e})", file=sys.stderr)
 
 
+# -march=native: AVX2/FMA for the vectorised gate loops and the packed recurrent GEMM (without AVX2 + FMA the
+#   kernels fall back to BLAS for it). FASTLSTM_ARCH_FLAGS replaces it, e.g. "-mavx2 -mfma" or "" for a
+#   portable build.
+# -fno-math-errno, -fno-trapping-math: let gcc inline and if-convert the math so that the gate loops vectorise
+#   (results stay IEEE: NaN and inf propagate as in NumPy).
+# -ffp-contract=off: no implicit a*b+c fusion, so elementwise float32 results round like NumPy's (the general
+#   activation path follows acts.py operation by operation); the exp kernel uses explicit fmaf where it wants one.
+ARCH_FLAGS = os.environ.get("FASTLSTM_ARCH_FLAGS", "-march=native").split()
+COMPILE_ARGS = ["-O3", *ARCH_FLAGS, "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+
 extensions = [
     Extension(
         f"fastlstm._kernels.{name}",
         [f"fastlstm/_kernels/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math"],
+        extra_compile_args=COMPILE_ARGS,
     )
     for name in KERNELS
 ]

@@ -1,7 +1,11 @@
-"""Row-major BLAS for the kernels, over scipy.linalg.cython_blas (Fortran, column-major).
+"""Row-major matrix products for the kernels.
 
-A row-major matrix is the transpose of the same memory read column-major, so row-major
-C = op(A) @ op(B) is computed as column-major C^T = op(B)^T @ op(A)^T: swap the operands and m, n.
+    gemm, gemv        over scipy.linalg.cython_blas (Fortran, column-major). A row-major matrix is the
+                      transpose of the same memory read column-major, so row-major C = op(A) @ op(B) is
+                      computed as column-major C^T = op(B)^T @ op(A)^T: swap the operands and m, n.
+    pack_weights      float32 recurrent weights packed once per kernel call into 16-column panels ...
+    matmul_acc        ... for the per-step C += A @ op(W): a 6x16 AVX2/FMA register-tile kernel on the panels
+                      (1 < rows < PACKED_MAX_ROWS), matrix-vector products (rows <= GEMV_MAX_ROWS), else gemm.
 """
 from cython cimport floating
 from libc.stdlib cimport malloc
@@ -143,12 +147,52 @@ cdef extern from *:
         (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Wp; (void)C; (void)ldc;
     #endif
     }
+
+    /* y (N) += x (K) @ W (K x N, row stride ldw), serial: for one batch row per step, where a threaded
+       BLAS gemv hands every step to its worker threads (a stall when a core is busy elsewhere) */
+    static void fl_gemv_rowvec(int K, int N, const float *x, const float *W, int ldw, float *y) {
+        int j = 0;
+    #if FL_PACKED_GEMM
+        for (; j + 64 <= N; j += 64) {      /* 8 independent accumulators hide the FMA latency */
+            __m256 c0 = _mm256_loadu_ps(y + j), c1 = _mm256_loadu_ps(y + j + 8), c2 = _mm256_loadu_ps(y + j + 16),
+                   c3 = _mm256_loadu_ps(y + j + 24), c4 = _mm256_loadu_ps(y + j + 32), c5 = _mm256_loadu_ps(y + j + 40),
+                   c6 = _mm256_loadu_ps(y + j + 48), c7 = _mm256_loadu_ps(y + j + 56);
+            const float *w = W + j;
+            for (int k = 0; k < K; k++, w += ldw) {
+                __m256 a = _mm256_broadcast_ss(x + k);
+                c0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w), c0);
+                c1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 8), c1);
+                c2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 16), c2);
+                c3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 24), c3);
+                c4 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 32), c4);
+                c5 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 40), c5);
+                c6 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 48), c6);
+                c7 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 56), c7);
+            }
+            _mm256_storeu_ps(y + j, c0); _mm256_storeu_ps(y + j + 8, c1); _mm256_storeu_ps(y + j + 16, c2);
+            _mm256_storeu_ps(y + j + 24, c3); _mm256_storeu_ps(y + j + 32, c4); _mm256_storeu_ps(y + j + 40, c5);
+            _mm256_storeu_ps(y + j + 48, c6); _mm256_storeu_ps(y + j + 56, c7);
+        }
+        for (; j + 8 <= N; j += 8) {
+            __m256 c = _mm256_loadu_ps(y + j);
+            for (int k = 0; k < K; k++)
+                c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + k), _mm256_loadu_ps(W + (size_t)k * ldw + j), c);
+            _mm256_storeu_ps(y + j, c);
+        }
+    #endif
+        for (; j < N; j++) {
+            float s = y[j];
+            for (int k = 0; k < K; k++) s += x[k] * W[(size_t)k * ldw + j];
+            y[j] = s;
+        }
+    }
     """
     int FL_PACKED_GEMM
     size_t fl_packed_size(int K, int N) noexcept nogil
     void fl_pack(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemm_packed(int M, int N, int K, const float* A, int lda, const float* Wp, float* C,
                         int ldc) noexcept nogil
+    void fl_gemv_rowvec(int K, int N, const float* x, const float* W, int ldw, float* y) noexcept nogil
 
 
 cdef enum:
@@ -171,12 +215,19 @@ cdef inline float* pack_weights(int K, int N, const floating* w, int ldw, bint t
 cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, const floating* w, int ldw,
                             bint trans_w, float* wp, floating* c, int ldc) noexcept nogil:
     """C (M x N) += A (M x K) @ op(W), op(W) = W (K x N) or, with trans_w, W^T (W stored N x K).
-    The packed kernel when wp (pack_weights) is given, one gemv per row when M <= GEMV_MAX_ROWS, else gemm."""
+    The packed kernel when wp (pack_weights) is given; for M <= GEMV_MAX_ROWS one matrix-vector product per
+    row (float32 without trans_w: fl_gemv_rowvec, serial; else BLAS gemv); else gemm."""
     if floating is float:
         if wp != NULL:
             fl_gemm_packed(M, N, K, a, lda, wp, c, ldc)
             return
     cdef int i
+    if floating is float:
+        if FL_PACKED_GEMM and M <= GEMV_MAX_ROWS and not trans_w:
+            for i in range(M):
+                # c[i] += a[i] @ W
+                fl_gemv_rowvec(K, N, a + i * lda, w, ldw, c + i * ldc)
+            return
     if M <= GEMV_MAX_ROWS:
         for i in range(M):
             if trans_w:

@@ -58,7 +58,7 @@ def _gemm_check(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
 
 
 def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1] c, bint packed, int repeats=1):
-    """c += a @ w, `repeats` times, through fl_gemm_packed (packed) or gemm (gemv when a has one row):
+    """c += a @ w, `repeats` times, through fl_gemm_packed (packed) or gemm (matmul_acc when a has one row):
     for tests and timing only."""
     cdef int M = a.shape[0], K = a.shape[1], N = w.shape[1], r
     cdef float *wp = NULL
@@ -71,7 +71,7 @@ def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1]
             if wp != NULL:
                 fl_gemm_packed(M, N, K, &a[0, 0], K, wp, &c[0, 0], N)
             elif M == 1:
-                gemv(TRANS, K, N, <float>1, &w[0, 0], N, &a[0, 0], <float>1, &c[0, 0])
+                matmul_acc(M, N, K, &a[0, 0], K, &w[0, 0], N, False, NULL, &c[0, 0], N)
             else:
                 gemm(NO_TRANS, NO_TRANS, M, N, K, <float>1, &a[0, 0], K, &w[0, 0], N, <float>1, &c[0, 0], N)
     free(wp)

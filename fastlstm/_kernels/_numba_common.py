@@ -1,13 +1,12 @@
-"""Jitted helpers shared by lstm_numba and gru_numba: activations by code (acts.py), their derivatives,
-row passes over contiguous slices, and a vectorisable float32 exp.
+"""Jitted helpers shared by lstm_numba and gru_numba: activations by code (acts.py) and their derivatives,
+row passes over contiguous 1-D views, GEMM glue, and a packed float32 GEMM for the per-step products.
 
-float32 sigmoid/tanh use `_exp_f32` instead of libm so LLVM can vectorise the gate passes (AVX2: 8 lanes):
+float32 sigmoid/tanh avoid libm so that LLVM vectorises the gate passes (AVX2: 8 lanes):
     exp(x) = 2^n * e^r,  n = round(x / ln2),  r = x - n*ln2 (Cody-Waite split, |r| <= ln2/2),  x <= 0 only,
     e^r = Taylor series to r^7 (truncation < 5e-9, below float32 rounding),  2^n from the exponent bits.
     sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0,  e = exp(-|x|)
-    tanh(x) = sign(x) * (1 - e) / (1 + e),  e = exp(-2|x|)    for |x| >= 0.55
-            = x + x^3 * P(x^2)  (least-squares fit, relative error 1e-9)   for |x| < 0.55 (no cancellation)
-Max error against float64 math: a few float32 ulp. NaN propagates.
+    tanh(x) = x P(x^2) / Q(x^2)  (rational fit, no exp: one division; relative accuracy kept near 0)
+Max error against float64 math: sigmoid 2 ulp, tanh 6 ulp (near saturation). NaN propagates.
 float64 keeps libm (math.exp / math.tanh). Every other code runs one element at a time in the data's precision.
 
 Note on cache=True: Numba's cache keys on the caller's file only; after editing this module, delete
@@ -15,6 +14,7 @@ fastlstm/_kernels/__pycache__/*.nbi|*.nbc (or touch lstm_numba.py and gru_numba.
 """
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -27,7 +27,7 @@ from .acts import (AFFINE, ELU, EXPONENTIAL, GELU, HARD_SIGMOID, HARD_SILU, LEAK
                    THRESHOLDED_RELU)
 
 # float32 constants: with float32 operands they keep float32 math, with float64 ones they promote exactly
-ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
+ZERO, HALF, ONE = np.float32(0), np.float32(0.5), np.float32(1)
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)            # few mantissa bits: n * _LN2_HI is exact for |n| <= 128
 _LN2_LO = np.float32(-2.12194440e-4)         # ln2 - _LN2_HI
@@ -35,10 +35,14 @@ _EXP_LO = np.float32(-103.97208)             # below: exp rounds to 0 (log of ha
 _N_TINY, _N_SHIFT, _TWO_M32 = np.float32(-120), np.float32(32), np.float32(2.0 ** -32)
 _C2, _C3, _C4 = np.float32(1 / 2), np.float32(1 / 6), np.float32(1 / 24)
 _C5, _C6, _C7 = np.float32(1 / 120), np.float32(1 / 720), np.float32(1 / 5040)
-_TANH_SMALL = np.float32(0.55)
-# tanh(x) = x + x^3 * (T0 + T1 u + T2 u^2 + T3 u^3 + T4 u^4),  u = x^2,  fitted on [0, 0.55]
-_T0, _T1, _T2 = np.float32(-0.33333319425582886), np.float32(0.13332615792751312), np.float32(-0.053855050355196)
-_T3, _T4 = np.float32(0.02108181081712246), np.float32(-0.006287344731390476)
+# tanh(x) = x P(u) / Q(u), u = x^2: rational fit of relative error 2e-8 on |x| <= 7.9053 (Sanathanan-Koerner
+# iterations); float32 evaluation within 6 ulp (absolute error < 4e-7)
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_ONE = np.float32(9.02)                 # float32 tanh is exactly +-1 from here on
+_P0, _P1, _P2 = np.float32(0.9999999833794777), np.float32(0.12984654269423243), np.float32(0.0029918162233080864)
+_P3, _P4 = np.float32(9.936437237956922e-06), np.float32(-1.4896948660747533e-08)
+_P5 = np.float32(2.4077323468318923e-11)
+_Q1, _Q2, _Q3 = np.float32(0.46317972128596807), np.float32(0.02405196196680968), np.float32(0.00023804689337359334)
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
@@ -80,12 +84,12 @@ def _exp_f32(x):
 def sigmoid(x):
     """1 / (1 + exp(-x)) in x's precision (pure-Python body used only with NUMBA_DISABLE_JIT)."""
     e = math.exp(-abs(x))
-    return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+    return type(x)(1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e))
 
 
 def tanh(x):
     """tanh(x) in x's precision (pure-Python body used only with NUMBA_DISABLE_JIT)."""
-    return math.tanh(x)
+    return type(x)(math.tanh(x))
 
 
 @overload(sigmoid, jit_options=NUMBA_FLAGS)
@@ -104,19 +108,22 @@ def _sigmoid_impl(x):
     return impl
 
 
-@overload(tanh, jit_options=NUMBA_FLAGS, inline="always")   # LLVM would not inline it (no vectorising)
+@overload(tanh, jit_options=NUMBA_FLAGS)
 def _tanh_impl(x):
     if x == types.float32:
         def impl(x):
-            # no branches in this body (it is inlined as Numba IR): both formulas, blended by a 0/1 weight
-            ax = abs(x)
-            xs = max(min(x, _TANH_SMALL), -_TANH_SMALL)
-            u = xs * xs
-            small = xs + xs * u * (_T0 + u * (_T1 + u * (_T2 + u * (_T3 + u * _T4))))
-            e = _exp_f32(-TWO * ax)
-            large = math.copysign((ONE - e) / (ONE + e), x)
-            w = np.float32(ax < _TANH_SMALL)
-            return w * small + (ONE - w) * large
+            # x P(x^2) / Q(x^2) on [-7.9053, 7.9053] (clamped beyond: within 6 ulp of 1), +-1 past 9.02; NaN kept
+            xc = _TANH_CLAMP if x > _TANH_CLAMP else x
+            xc = -_TANH_CLAMP if xc < -_TANH_CLAMP else xc
+            u = xc * xc
+            p = _P0 + u * (_P1 + u * (_P2 + u * (_P3 + u * (_P4 + u * _P5))))
+            q = ONE + u * (_Q1 + u * (_Q2 + u * _Q3))
+            r = xc * p / q
+            if x >= _TANH_ONE:
+                r = ONE
+            if x <= -_TANH_ONE:
+                r = -ONE
+            return r
     else:
         def impl(x):
             return math.tanh(x)
@@ -327,15 +334,24 @@ def add_column_sums(out, d2):
 # into 16-column panels Wp (N/16, K, 16), and each step runs a 6x16 register tile (12 AVX accumulators) over them:
 #     C[i:i+6, 16p:16p+16] = A[i:i+6, :] @ Wp[p]
 # A and C are padded to a multiple of 6 rows and C to a multiple of 16 columns, so every tile is full.
-PACKED_MAX_ROWS = 96
+PACKED_MAX_ROWS = 512
+_PACKED_OK = not numba.config.DISABLE_JIT      # the tile is LLVM IR: no pure-Python version
 TILE_ROWS, TILE_COLS = 6, 16
+_K_CHUNK, _ROW_BLOCK = 256, 120
 
 
-@intrinsic
-def _tile_6x16(typingctx, a, a0, lda, bp, b0, c, c0, ldc, k):
-    """C[c0 + r*ldc + j] = sum_k A[a0 + r*lda + k] * Bp[b0 + 16*k + j]   for r < 6, j < 16 (float32 arrays;
-    for other dtypes it does nothing: the kernels only call it on float32)."""
-    is_f32 = isinstance(a, types.Array) and a.dtype == types.float32
+def _make_tile(accumulate, name):
+    """The 6x16 tile as a Numba intrinsic tile(a, a0, lda, bp, b0, c, c0, ldc, k); accumulate: C += instead of C =."""
+    def tile(typingctx, a, a0, lda, bp, b0, c, c0, ldc, k):
+        is_f32 = isinstance(a, types.Array) and a.dtype == types.float32
+        return types.void(a, a0, lda, bp, b0, c, c0, ldc, k), _tile_codegen(is_f32, accumulate)
+    tile.__name__ = tile.__qualname__ = name
+    return intrinsic(tile)
+
+
+def _tile_codegen(is_f32, accumulate):
+    """C[c0 + r*ldc + j] (+)= sum_k A[a0 + r*lda + k] * Bp[b0 + 16*k + j]   for r < 6, j < 16, k < K (float32
+    arrays; for other dtypes it does nothing: the kernels only call it on float32)."""
 
     def codegen(context, builder, sig, args):
         if not is_f32:
@@ -395,11 +411,18 @@ def _tile_6x16(typingctx, a, a0, lda, bp, b0, c, c0, ldc, k):
         for r in range(6):
             row = builder.gep(c_ptr, [builder.mul(ir.Constant(i64, r), ldc_v)])
             for h in range(2):
-                builder.store(res[2 * r + h], builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), vptr),
-                              align=4)
+                dst = builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), vptr)
+                val = res[2 * r + h]
+                if accumulate:
+                    val = builder.fadd(builder.load(dst, align=4), val)
+                builder.store(val, dst, align=4)
         return context.get_dummy_value()
 
-    return types.void(a, a0, lda, bp, b0, c, c0, ldc, k), codegen
+    return codegen
+
+
+_tile_6x16 = _make_tile(False, "_tile_6x16")
+_tile_6x16_acc = _make_tile(True, "_tile_6x16_acc")
 
 
 @njit(**NUMBA_FLAGS)
@@ -422,13 +445,23 @@ def pack_panels(w, transpose, out):
 
 @njit(**NUMBA_FLAGS)
 def packed_matmul(a, wp, c):
-    """c = a @ W with W packed by pack_panels: a (Mp, K), wp (P, K, 16), c (Mp, >= 16P); Mp % 6 == 0, float32."""
+    """c = a @ W with W packed by pack_panels: a (Mp, K), wp (P, K, 16), c (Mp, >= 16P); Mp % 6 == 0, float32.
+    K in chunks of 256 (a panel chunk, 16 KiB, stays in L1 while the row tiles pass it), rows in blocks of 120
+    (an A block, 120 KiB, stays in L2 while the panels pass it)."""
     Mp, K = a.shape
     P = wp.shape[0]
     ldc = c.shape[1]
-    for p in range(P):
-        for i in range(0, Mp, TILE_ROWS):
-            _tile_6x16(a, i * K, K, wp, p * K * TILE_COLS, c, i * ldc + p * TILE_COLS, ldc, K)
+    for k0 in range(0, K, _K_CHUNK):
+        kc = min(_K_CHUNK, K - k0)
+        for i0 in range(0, Mp, _ROW_BLOCK):
+            i1 = min(i0 + _ROW_BLOCK, Mp)
+            for p in range(P):
+                for i in range(i0, i1, TILE_ROWS):
+                    if k0 == 0:
+                        _tile_6x16(a, i * K, K, wp, (p * K + k0) * TILE_COLS, c, i * ldc + p * TILE_COLS, ldc, kc)
+                    else:
+                        _tile_6x16_acc(a, i * K + k0, K, wp, (p * K + k0) * TILE_COLS, c, i * ldc + p * TILE_COLS,
+                                       ldc, kc)
 
 
 @njit(**NUMBA_FLAGS)
@@ -447,7 +480,7 @@ def padded_cols(n):
 def use_packed(arr, B, T):
     """Whether the per-step products take the packed float32 tiles: float32, 2 <= B <= PACKED_MAX_ROWS, T >= 2
     (one row is a matrix-vector product, where BLAS is as fast; one step does not repay the packing)."""
-    return arr.itemsize == 4 and 2 <= B <= PACKED_MAX_ROWS and T >= 2
+    return _PACKED_OK and arr.itemsize == 4 and 2 <= B <= PACKED_MAX_ROWS and T >= 2
 
 
 @njit(**NUMBA_FLAGS)
@@ -476,11 +509,12 @@ def step_input_buffer(B, K, packed, like):
 
 
 @njit(**NUMBA_FLAGS)
-def step_matmul(a, w, wp, a_pad, out):
-    """out = a @ w for one step: packed tiles when wp holds panels (a copied into the padded a_pad unless it is
-    a_pad), else np.dot. a (B, K); out (B, N), or (Mp, Np) when packed: rows >= B and columns >= N are padding."""
+def step_matmul(a, w, wp, a_pad, copy_a, out):
+    """out = a @ w for one step: packed tiles when wp holds panels, else np.dot. a (B, K); out (B, N), or
+    (Mp, Np) when packed: rows >= B and columns >= N are padding. Packed, the tiles read a_pad (Mp, K): a is
+    copied into it when copy_a, else a is a_pad already (its padding rows zero)."""
     if wp.shape[0] > 0:
-        if a.shape[0] != a_pad.shape[0]:
+        if copy_a:
             a_pad[:a.shape[0]] = a
         packed_matmul(a_pad, wp, out)
     elif a.shape[0] == 1:

@@ -12,10 +12,12 @@ Backward (dh += dy[t] first; masked rows pass dh through):
     reset_after:   dr = dz_n * hn;  dhn = dz_n * r;  dh_prev = dh z + [dz_z, dz_r, dhn] @ w_h^T
     reset_before:  drh = dz_n @ w_hn^T;  dr = drh * h_prev;  dh_prev = dh z + drh r + [dz_z, dz_r] @ w_h[:, :2H]^T
 Compute shape: one GEMM (T*B, I) @ (I, 3H) into z_ws (pre-filled with b_x, and b_hn for reset_before),
-per step the recurrent GEMM(s) (GEMV when B == 1) into hz_ws[t] and a gate pass per row; backward per step
-the gate pass and the dh_prev GEMM, then dw_x, dx, dw_h as GEMMs over all T*B rows.
+per step the recurrent product(s) into hz_ws[t] and a gate pass per row; backward per step the gate pass
+and the dh_prev product, then dw_x, dx, dw_h as GEMMs over all T*B rows. Per-step products go through
+_blas.matmul_acc (GEMV for B == 1; float32 with 1 < B < 128: a kernel on w_h packed once per call, one
+malloc freed on return; else gemm).
 The default activations (sigmoid, tanh) with reset_after and no clip take one fused, vectorised loop per
-row; anything else takes the general pass on CH-column chunks in stack buffers. Nothing is allocated.
+row; anything else takes the general pass on CH-column chunks in stack buffers.
 """
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
@@ -23,10 +25,10 @@ from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
-from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
+from fastlstm._kernels._blas cimport GEMV_MAX_ROWS, NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
 
 cdef enum:
-    CH = 64          # columns per chunk in the general gate pass
+    CH = 64          # columns per chunk in the gate passes (their stack buffers)
 
 
 cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -177,7 +179,11 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
         if not reset_after:
             for j in range(H):
                 z_ws[r * G + 2 * H + j] += b_h[2 * H + j]
-    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, NULL, z_ws, <int>G)
+    # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
+    # never waits on BLAS worker threads)
+    cdef float *wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
+    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
+    free(wx_packed)
     for k in range(T):
         t = _step(k, T, reverse)
         zt = z_ws + t * B * G

@@ -18,7 +18,8 @@ from numba import njit
 
 from ..config import NUMBA_FLAGS
 from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
-                            clip_grad_row, clip_row, dact_row)
+                            clip_grad_row, clip_row, dact_row, pack_for_steps, step_buffer, step_input_buffer,
+                            step_matmul, use_packed)
 
 
 @njit(**NUMBA_FLAGS)
@@ -48,32 +49,44 @@ def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_
     if T * B > 0:
         np.dot(x.reshape(T * B, I), w_x, z_ws.reshape(T * B, G))
     gate_rows = np.empty((0 if training else B, G), z_ws.dtype)   # activated gates when not training
+    # per-step products: float32 register tiles over weights packed once (see _numba_common), else np.dot;
+    # reset_before multiplies by contiguous copies of w_h's column blocks
+    packed = use_packed(z_ws, B, T)
     if reset_after:
         w_zr = np.empty((0, 0), w_h.dtype)
         w_n = w_zr
+        w_h_packed = pack_for_steps(w_h, False, packed)
+        w_zr_packed = pack_for_steps(w_zr, False, False)
+        w_n_packed = w_zr_packed
         n_rows = 0
     else:
         w_zr = np.ascontiguousarray(w_h[:, :2 * H])
         w_n = np.ascontiguousarray(w_h[:, 2 * H:])
+        w_h_packed = pack_for_steps(w_zr, False, False)
+        w_zr_packed = pack_for_steps(w_zr, False, packed)
+        w_n_packed = pack_for_steps(w_n, False, packed)
         n_rows = B
-    hzr = np.empty((n_rows, 2 * H), z_ws.dtype)  # h_prev @ W_hzr
-    rh = np.empty((n_rows, H), z_ws.dtype)       # r * h_prev
-    hn = np.empty((n_rows, H), z_ws.dtype)       # (r * h_prev) @ W_hn
+    h_pad = step_input_buffer(B, H, packed, z_ws)
+    hh_buf = step_buffer(B if reset_after else 0, G, packed, z_ws)   # h_prev @ W_h
+    hzr = step_buffer(n_rows, 2 * H, packed, z_ws)     # h_prev @ W_hzr
+    rh = step_input_buffer(n_rows, H, packed, z_ws)    # r * h_prev
+    hn = step_buffer(n_rows, H, packed, z_ws)          # (r * h_prev) @ W_hn
     bxn, bhn = b_x[2 * H:], b_h[2 * H:]
     h_prev = h0
     for k in range(T):
         t = T - 1 - k if reverse else k
         y_t = y_out[t]
         if reset_after:
-            # hz_ws[t] = h_prev @ W_h (+ b_h below)
-            np.dot(h_prev, w_h, hz_ws[t])
+            # hz_ws[t] = h_prev @ W_h + b_h
+            step_matmul(h_prev, w_h, w_h_packed, h_pad, True, hh_buf)
             for r in range(B):
                 z = z_ws[t, r]
                 hh = hz_ws[t, r]
+                hh_r = hh_buf[r]
                 gate = gates_out[t, r] if training else gate_rows[r]
                 zn, hn_r, g_r, g_n = z[2 * H:], hh[2 * H:], gate[H:2 * H], gate[2 * H:]
                 for j in range(G):
-                    hh[j] += b_h[j]
+                    hh[j] = hh_r[j] + b_h[j]
                 # z, r = a_f(xz + hz, xr + hr)
                 for j in range(2 * H):
                     z[j] = (z[j] + b_x[j]) + hh[j]
@@ -92,7 +105,7 @@ def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_
                     y_t[r, :] = h_prev[r]
         else:
             # hz, hr = h_prev @ W_hzr + b_h[:2H]
-            np.dot(h_prev, w_zr, hzr)
+            step_matmul(h_prev, w_zr, w_zr_packed, h_pad, True, hzr)
             for r in range(B):
                 z = z_ws[t, r]
                 hh = hz_ws[t, r]
@@ -114,7 +127,7 @@ def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_
                     hh_n[j] = v
                     rh_r[j] = v
             # hn = (r * h_prev) @ W_hn
-            np.dot(rh, w_n, hn)
+            step_matmul(rh, w_n, w_n_packed, rh, False, hn)
             for r in range(B):
                 z = z_ws[t, r]
                 gate = gates_out[t, r] if training else gate_rows[r]
@@ -151,21 +164,30 @@ def gru_backward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset
     clip_t = cast_like(clip, dz_ws)
     dt = dz_ws.dtype
     dh = dhT.copy()
-    dh_next = np.empty_like(dh)
     dh_direct = np.empty_like(dh)               # dh * z (+ drh * r): the part of dh_prev outside the GEMM
     d_act = np.empty(G, dt)
     d_z, d_r, d_n = d_act[:H], d_act[H:2 * H], d_act[2 * H:]
+    # per-step products with W_h^T blocks: packed float32 tiles or np.dot, as in the forward
+    packed = use_packed(dz_ws, B, T)
     if reset_after:
         w_zr = np.empty((0, 0), w_h.dtype)
         w_n = w_zr
+        w_hT_packed = pack_for_steps(w_h, True, packed)
+        w_zrT_packed = pack_for_steps(w_zr, True, False)
+        w_nT_packed = w_zrT_packed
         n_rows = 0
     else:
         w_zr = np.ascontiguousarray(w_h[:, :2 * H])
         w_n = np.ascontiguousarray(w_h[:, 2 * H:])
+        w_hT_packed = pack_for_steps(w_zr, True, False)
+        w_zrT_packed = pack_for_steps(w_zr, True, packed)
+        w_nT_packed = pack_for_steps(w_n, True, packed)
         n_rows = B
-    dzn_buf = np.empty((n_rows, H), dt)          # d loss / d zn, contiguous
-    drh = np.empty((n_rows, H), dt)              # d loss / d (r * h_prev) = dzn @ W_hn^T
-    dzr_buf = np.empty((n_rows, 2 * H), dt)      # d loss / d [hz, hr], contiguous
+    dhz_pad = step_input_buffer(B if reset_after else 0, G, packed, dz_ws)
+    dh_gemm = step_buffer(B, H, packed, dz_ws)   # the GEMM part of dh_prev
+    dzn_buf = step_input_buffer(n_rows, H, packed, dz_ws)       # d loss / d zn, contiguous
+    drh = step_buffer(n_rows, H, packed, dz_ws)                 # d loss / d (r * h_prev) = dzn @ W_hn^T
+    dzr_buf = step_input_buffer(n_rows, 2 * H, packed, dz_ws)   # d loss / d [hz, hr], contiguous
     for k in range(T - 1, -1, -1):
         t = T - 1 - k if reverse else k
         t_prev = t + 1 if reverse else t - 1
@@ -216,10 +238,10 @@ def gru_backward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset
                 dzn_buf[r, :] = dzn
         if reset_after:
             # dh_prev = dh * z + dhz @ W_h^T
-            np.dot(dhz_ws[t], w_h.T, dh_next)
+            step_matmul(dhz_ws[t], w_h.T, w_hT_packed, dhz_pad, True, dh_gemm)
         else:
             # drh = dzn @ W_hn^T;  dr = drh * h_prev;  dh_prev += drh * r
-            np.dot(dzn_buf, w_n.T, drh)
+            step_matmul(dzn_buf, w_n.T, w_nT_packed, dzn_buf, False, drh)
             for r in range(B):
                 if has_mask and mask[t, r] == 0:
                     continue
@@ -240,14 +262,12 @@ def gru_backward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset
                 dhz[:] = dz
                 dzr_buf[r, :] = dz[:2 * H]
             # dh_prev = dh * z + drh * r + [dzz, dzr] @ W_hzr^T
-            np.dot(dzr_buf, w_zr.T, dh_next)
+            step_matmul(dzr_buf, w_zr.T, w_zrT_packed, dzr_buf, False, dh_gemm)
+        # masked rows keep dh (dy added above)
         for r in range(B):
-            if has_mask and mask[t, r] == 0:
-                dh_next[r, :] = dh[r]
-            else:
+            if not has_mask or mask[t, r] != 0:
                 for j in range(H):
-                    dh_next[r, j] += dh_direct[r, j]
-        dh, dh_next = dh_next, dh
+                    dh[r, j] = dh_gemm[r, j] + dh_direct[r, j]
     dh0_out[:] = dh
     if T * B == 0:
         return

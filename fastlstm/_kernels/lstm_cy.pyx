@@ -11,14 +11,18 @@ Backward, per step in reverse processing order (dh += dy[t] first; masked rows p
     dz_i = dc_t * g * a_f'(z_i);  dz_f = dc_t * c_prev * a_f'(z_f);  dz_g = dc_t * i * a_g'(z_g)
     dc_prev = dc_t * f + p_i * dz_i + p_f * dz_f;   dh_prev = dz @ w_h^T
 Compute shape: one GEMM (T*B, I) @ (I, 4H) into z_ws (pre-filled with b), per step one (B, H) @ (H, 4H)
-GEMM (a GEMV when B == 1) into z_ws[t] and one fused gate pass per row. Backward: per step the gate pass
-and dh_prev = dz @ w_h^T; dw_x, dx and dw_h as single GEMMs over all T*B rows at the end.
+product into z_ws[t] and one fused gate pass per row. Backward: per step the gate pass and
+dh_prev = dz @ w_h^T; dw_x, dx and dw_h as single GEMMs over all T*B rows at the end.
+The per-step products go through _blas.matmul_acc: a GEMV when B == 1; for float32 and 1 < B < 128 a
+register-tile kernel on w_h (w_h^T in backward) packed once per call (one malloc of the size of w_h,
+freed on return); otherwise BLAS gemm.
 
 Two gate passes: the default activations (sigmoid, tanh, tanh) without peepholes, clip or input_forget
 take one fused loop per row that gcc vectorises; anything else takes the general pass, which works on
 CH-column chunks in stack buffers and switches on the activation codes once per chunk.
 Running state: h_prev is y_out[t_prev] (or h0); c lives in cs_out[t] when training, else in cT_out,
-updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Nothing is allocated.
+updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Apart from the packed weights nothing is
+allocated.
 """
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
@@ -26,10 +30,10 @@ from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
-from fastlstm._kernels._blas cimport NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
+from fastlstm._kernels._blas cimport GEMV_MAX_ROWS, NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
 
 cdef enum:
-    CH = 64          # columns per chunk in the general gate pass
+    CH = 64          # columns per chunk in the gate passes (their stack buffers)
 
 
 cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -172,7 +176,11 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
         _copy(z_ws + r * G, b, G)
-    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, NULL, z_ws, <int>G)
+    # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
+    # never waits on BLAS worker threads)
+    cdef float *wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
+    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
+    free(wx_packed)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT

@@ -6,9 +6,10 @@ float64), C-contiguous. Gate order i, f, g, o. For one valid step (a_f, a_g, a_h
     i = a_f(z_i);  f = a_f(z_f) (input_forget: 1 - i);  g = a_g(z_g);  c = f * c_prev + i * g
     z_o += p_o * c;  clip(z_o);  o = a_f(z_o);  h = o * a_h(c)        (masked step: h, c = h_prev, c_prev)
 Compute shape: z_ws = X @ W_x for all T*B rows (one GEMM; b is added in the gate pass), then per step
-hz = h_prev @ W_h (one GEMM into a (B, 4H) buffer) and one fused pass per row: bias, peepholes, clip,
-activations, cell update, mask. The running cell state lives in cT_out, h_prev is y_out[t_prev] (or h0).
-Backward: steps in reverse; per step one fused pass per row giving dz, then dh_prev = dz @ W_h^T (one GEMM);
+hz = h_prev @ W_h (one product into a (B, 4H) buffer: packed float32 tiles for 2 <= B <= 512, else BLAS) and
+one pass per row: bias, peepholes, clip, activations, cell update, mask (the default cell, sigmoid/tanh/tanh
+without options, in one fused loop). The running cell state lives in cT_out, h_prev is y_out[t_prev] (or h0).
+Backward: steps in reverse; per step one pass per row giving dz, then dh_prev = dz @ W_h^T (one product);
 dW_x, dW_h, db and dx are GEMMs / sums over all steps at the end. No allocation inside the step loops.
 """
 import numpy as np
@@ -104,7 +105,7 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
     for k in range(T):
         t = T - 1 - k if reverse else k
         # hz = h_prev @ W_h
-        step_matmul(h_prev, w_h, w_h_packed, h_pad, hz)
+        step_matmul(h_prev, w_h, w_h_packed, h_pad, True, hz)
         for r in range(B):
             z = z_ws[t, r]
             hzr = hz[r]
@@ -259,7 +260,7 @@ def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
                     dp_out[1, j] += dzf[j] * cp[j]
                     dp_out[2, j] += dzo[j] * c[j]
         # dh_prev = dz @ W_h^T  (masked rows keep dh)
-        step_matmul(dz_ws[t], w_h.T, w_hT_packed, dz_pad, dh_gemm)
+        step_matmul(dz_ws[t], w_h.T, w_hT_packed, dz_pad, True, dh_gemm)
         for r in range(B):
             if not has_mask or mask[t, r] != 0:
                 dh[r, :] = dh_gemm[r, :H]

@@ -1,0 +1,67 @@
+"""Benchmark session setup: pin BLAS / OpenMP / torch threads and record the CPU and BLAS in the results.
+
+    pytest bench/ --benchmark-group-by=group                 # 1 thread (default)
+    pytest bench/ --bench-threads 2 --benchmark-autosave     # 2 threads, saved for --benchmark-compare
+
+bench/ is outside `testpaths`, so a plain `pytest` never collects it.
+"""
+import platform
+
+import numpy  # noqa: F401  (numpy's and scipy's OpenBLAS must be loaded before the limits are set)
+import pytest
+import scipy.linalg.cython_blas  # noqa: F401
+from threadpoolctl import threadpool_info, threadpool_limits
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-threads", type=int, default=1,
+                     help="BLAS/OpenMP/torch threads for the benchmarks (default 1)")
+
+
+@pytest.fixture(scope="session")
+def bench_threads(request):
+    return request.config.getoption("--bench-threads")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pinned_threads(bench_threads):
+    """Every native thread pool (numpy's and scipy's OpenBLAS, OpenMP) and torch limited for the session."""
+    try:
+        import torch
+        saved = torch.get_num_threads()
+        torch.set_num_threads(bench_threads)
+    except ImportError:
+        torch = None
+    with threadpool_limits(bench_threads):
+        yield bench_threads
+    if torch is not None:
+        torch.set_num_threads(saved)
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas():
+    return [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('filepath', '').split('/')[-1]})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["cpu_model"] = _cpu()
+    machine_info["blas"] = _blas()
+    machine_info["bench_threads"] = config.getoption("--bench-threads")
+
+
+@pytest.fixture
+def record_env(benchmark, bench_threads):
+    """Put threads, CPU and BLAS into each benchmark's extra_info."""
+    benchmark.extra_info.update(threads=bench_threads, cpu=_cpu(), blas="; ".join(_blas()))
+    return benchmark
