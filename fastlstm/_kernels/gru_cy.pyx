@@ -25,19 +25,11 @@ from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
+from fastlstm._kernels._steps cimport _copy, _step
 from fastlstm._kernels._blas cimport GEMV_MAX_ROWS, NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
-
-
-cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
-    memcpy(dst, src, n * sizeof(floating))
-
-
-cdef inline Py_ssize_t _step(Py_ssize_t k, Py_ssize_t T, bint reverse) noexcept nogil:
-    """time index of the k-th processed step"""
-    return T - 1 - k if reverse else k
 
 
 # ---------------------------------------------------------------------------------------------------------
