@@ -48,12 +48,36 @@ class _RecurrentStep:
         self.states = [np.zeros((B, self.H), self.dtype) for _ in range(self.n_states)]
         self.spare = [np.zeros((B, self.H), self.dtype) for _ in range(self.n_states)]
         self.none3 = np.empty((0, 0, 0), self.dtype)
+        self._cast_seen = layer._cast
+        self.stepper = self._make_stepper()
+
+    def _make_stepper(self):
+        """A batch-1 LSTM stepper over packed weights (Cython backend, float32), else None. It works on
+        self.states in place, so with a stepper the states never swap with the spares."""
+        if not (self.kind == "lstm" and self.B == 1 and self.dtype == np.float32):
+            return None
+        backend = get_backend()
+        stepper_cls = getattr(backend, "LSTMStepper", None)
+        if stepper_cls is None:
+            return None
+        lyr, p = self.layer, self.params
+        packed = lyr._cast.get("stream_packed")
+        if packed is None:
+            try:
+                packed = backend.Packed64(np.ascontiguousarray(np.concatenate([p["w_x"], p["w_h"]])))
+            except RuntimeError:            # a build without AVX2/FMA: the general kernels
+                return None
+            lyr._cast["stream_packed"] = packed      # shared by every session on this layer
+        return stepper_cls(packed, p["b"], p["p"], p["act_codes"], p["act_ab"], 0.0, False,
+                           self.states[0], self.states[1])
 
     def refresh(self):
         """Re-read the layer's weights when they changed since the plan was made."""
-        p = self.layer._cast.get(self.dtype)
-        if p is not self.params:
+        if self.layer._cast is not self._cast_seen:
+            self._cast_seen = self.layer._cast
             self.params = self.layer._params(self.dtype)
+            if self.stepper is not None:
+                self.stepper = self._make_stepper()
 
     def workspace(self, k):
         ws = self.bufs.get(k)
@@ -71,6 +95,9 @@ class _RecurrentStep:
         self.refresh()
         k = x_tm.shape[0]
         z_ws, hz_ws, y = self.workspace(k)
+        if self.stepper is not None and not m.shape[0] and x_tm.dtype == np.float32:
+            self.stepper.run(np.ascontiguousarray(x_tm), y)
+            return y
         p, s, out = self.params, self.states, self.spare
         if self.kind == "lstm":
             get_backend().lstm_forward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], s[0], s[1], m, p["act_codes"],
@@ -84,7 +111,11 @@ class _RecurrentStep:
             y_new, final = self.layer._kernel_forward(x_tm, s, m, self.dtype)
             y = y_new
             out[0][...] = final[0]
-        self.states, self.spare = out, s
+        if self.stepper is not None:         # the stepper holds the state arrays: copy, do not swap
+            for a, b in zip(s, out):
+                a[...] = b
+        else:
+            self.states, self.spare = out, s
         return y
 
     def outputs(self, y, m):
@@ -204,7 +235,21 @@ class StreamSession:
         return key
 
     def _make_fast(self, r):
-        """A closure with everything bound: shape check, one kernel call, a state swap, one copy."""
+        """A closure with everything bound: shape check, one kernel call, a state swap, one copy. With a
+        batch-1 stepper (see _RecurrentStep) the step is a single call into it."""
+        if r.stepper is not None:
+            lyr, seq = r.layer, r.layer.return_sequences
+            coerce = self._coerce
+
+            def step_packed(x):
+                if lyr._cast is not r._cast_seen:          # the weights changed: re-read and repack them
+                    r.refresh()
+                y = r.stepper.step(x, seq)
+                if y is None:                               # not a float32 (1, k, I) C-contiguous array
+                    y = r.stepper.step(coerce(x), seq)
+                return y
+
+            return step_packed
         B, dt, H = self.batch_size, np.dtype(self.dtype), r.H
         lyr = r.layer
         I = lyr.input_dim

@@ -239,3 +239,55 @@ def test_lazy_sequential_builds_on_first_step(rng):
     x = rng.normal(size=(1, 3, 2)).astype(np.float32)
     out = s.step(x)
     npt.assert_allclose(out, m.predict(x), **TOL32)
+
+
+# ---- batch-1 LSTM steps over packed weights (the Cython LSTMStepper the sessions use) -------------------------
+def test_batch1_masked_embedding_stream(rng):
+    """B=1 with mask_zero: masked steps take the general kernel, the others the stepper, on the same state."""
+    m = fastlstm.Sequential([L.Embedding(25, 6, mask_zero=True), L.LSTM(70, return_sequences=True), L.LSTM(9)])
+    x = rng.integers(1, 25, size=(1, 11))
+    x[0, 3:5] = 0
+    x[0, 8] = 0
+    m.predict(x)
+    check_against_predict(m, x)
+    check_against_predict(m, x, chunks=[4, 1, 6])
+
+
+def test_batch1_non_default_activations(rng):
+    m = fastlstm.Sequential([fastlstm.Input((None, 4)),
+                             L.LSTM(66, activation="relu", recurrent_activation="hard_sigmoid", return_sequences=True)])
+    check_against_predict(m, 0.3 * rng.normal(size=(1, 6, 4)).astype(np.float32), chunks=[1, 2, 3])
+
+
+lstm_cy = pytest.importorskip("fastlstm._kernels.lstm_cy", reason="the Cython extension is built in CI")
+
+
+@pytest.mark.parametrize("I, H", [(3, 5), (70, 66), (128, 128)])
+@pytest.mark.parametrize("opts", [dict(), dict(peepholes=True, clip=0.7, input_forget=True),
+                                  dict(act_specs=[(2, 0.2, 0.5), (4, 0, 0), (1, 0, 0)])], ids=str)
+def test_lstm_stepper_against_reference(I, H, opts):
+    from fastlstm._kernels import _blas, lstm_ref
+    from fastlstm._kernels.args import lstm_args
+    T = 12
+    a = lstm_args(T, 1, I, H, np.float32, np.random.default_rng(H), **opts)
+    h, c = a["h0"].copy(), a["c0"].copy()
+    lstm_ref.lstm_forward(*a.values())
+    packed = _blas.Packed64(np.ascontiguousarray(np.concatenate([a["w_x"], a["w_h"]])))
+    st = lstm_cy.LSTMStepper(packed, a["b"], a["p"], a["act_codes"], a["act_ab"], a["clip"], a["input_forget"], h, c)
+    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
+    ys = [st.step(np.ascontiguousarray(x[:, :1]), True), st.step(np.ascontiguousarray(x[:, 1:5]), True)]
+    last = st.step(np.ascontiguousarray(x[:, 5:9]), False)
+    y_rest = np.zeros((T - 9, 1, H), np.float32)
+    st.run(np.ascontiguousarray(a["x"][9:]), y_rest)
+    got = np.concatenate([ys[0][0], ys[1][0], y_rest[:, 0]])
+    want = a["y_out"][:, 0]
+    npt.assert_allclose(got, np.delete(want, np.s_[5:9], axis=0), rtol=1e-4, atol=1e-5)
+    npt.assert_allclose(last, a["y_out"][8], rtol=1e-4, atol=1e-5)
+    npt.assert_allclose(h, a["hT_out"], rtol=1e-4, atol=1e-5)
+    npt.assert_allclose(c, a["cT_out"], rtol=1e-4, atol=1e-5)
+    # anything but a float32 C-contiguous (1, k, I) array is handed back to the caller
+    assert st.step(x.astype(np.float64), False) is None
+    assert st.step(x[:, ::2], False) is None
+    assert st.step(np.zeros((1, 0, I), np.float32), False) is None
+    with pytest.raises(ValueError, match="expected x"):
+        st.run(np.zeros((2, 1, I + 1), np.float32), np.zeros((2, 1, H), np.float32))

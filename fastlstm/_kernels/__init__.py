@@ -3,7 +3,8 @@
     lstm_forward, lstm_backward      (contract: lstm_ref.py)
     gru_forward,  gru_backward       (contract: gru_ref.py)
 
-`get_backend(name)` returns a namespace with those four. "auto" picks cython when the extension is
+`get_backend(name)` returns a namespace with those four (the cython one also has LSTMStepper and Packed64,
+batch-1 streaming steps over packed weights). "auto" picks cython when the extension is
 built, else numba; a backend asked for by name that is not available raises ImportError.
 """
 import importlib
@@ -59,6 +60,10 @@ def get_backend(name="auto"):
         _cache[name] = types.SimpleNamespace(
             name=name, lstm_forward=lstm_mod.lstm_forward, lstm_backward=lstm_mod.lstm_backward,
             gru_forward=gru_mod.gru_forward, gru_backward=gru_mod.gru_backward)
+        if name == "cython":     # batch-1 streaming steps over packed weights (stream.py)
+            from . import _blas
+            _cache[name].LSTMStepper = lstm_mod.LSTMStepper
+            _cache[name].Packed64 = _blas.Packed64
     return _cache[name]
 
 

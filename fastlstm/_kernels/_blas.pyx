@@ -76,3 +76,23 @@ def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1]
                 gemm(NO_TRANS, NO_TRANS, M, N, K, <float>1, &a[0, 0], K, &w[0, 0], N, <float>1, &c[0, 0], N)
     free(wp)
     return c
+
+
+cdef class Packed64:
+    """W (K x N, float32, C-contiguous) packed in 64-column panels; see _blas.pxd. Needs the AVX2/FMA build
+    (FL_PACKED_GEMM): without it the constructor raises RuntimeError and callers take the general kernels."""
+
+    def __cinit__(self, const float[:, ::1] w not None):
+        if not FL_PACKED_GEMM:
+            raise RuntimeError("packed one-row products need a build with AVX2 and FMA")
+        self.K, self.N = <int>w.shape[0], <int>w.shape[1]
+        if self.K < 1 or self.N < 1:
+            raise ValueError(f"Packed64 needs a non-empty matrix, got shape ({self.K}, {self.N})")
+        self.data = <float*>malloc(fl_packed64_size(self.K, self.N) * sizeof(float))
+        if self.data == NULL:
+            raise MemoryError()
+        with nogil:
+            fl_pack64(self.K, self.N, &w[0, 0], self.N, 0, self.data)
+
+    def __dealloc__(self):
+        free(self.data)

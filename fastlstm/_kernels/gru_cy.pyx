@@ -163,8 +163,8 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
     cdef floating *gt
     # the recurrent weights packed once for the per-step products (float32, small batches; else NULL):
     # all of w_h (reset_after), or w_h[:, :2H] and w_h[:, 2H:] (reset_before)
-    cdef float *wp_a = pack_weights(<int>H, <int>(G if reset_after else 2 * H), w_h, <int>G, False, B)
-    cdef float *wp_n = NULL if reset_after else pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, False, B)
+    cdef float *wp_a = pack_weights(<int>H, <int>(G if reset_after else 2 * H), w_h, <int>G, False, B, T)
+    cdef float *wp_n = NULL if reset_after else pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, False, B, T)
     # z_ws = b_x (+ b_hn on the n slice for reset_before), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
         _copy(z_ws + r * G, b_x, G)
@@ -368,9 +368,9 @@ cdef void _gru_backward(const floating* x, const floating* w_x, const floating* 
     if T == 0:
         return
     # w_h^T packed once (float32, small batches; else NULL): all of it, or w_h[:, :2H]^T and w_h[:, 2H:]^T
-    wp_a = pack_weights(N, <int>H, w_h, <int>G, True, B)
+    wp_a = pack_weights(N, <int>H, w_h, <int>G, True, B, T)
     if not reset_after:
-        wp_n = pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, True, B)
+        wp_n = pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, True, B, T)
     for k in range(T - 1, -1, -1):
         t = _step(k, T, reverse)
         h_prev = y + _step(k - 1, T, reverse) * B * H if k > 0 else h0

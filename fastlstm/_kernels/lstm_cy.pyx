@@ -24,14 +24,18 @@ Running state: h_prev is y_out[t_prev] (or h0); c lives in cs_out[t] when traini
 updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Apart from the packed weights nothing is
 allocated.
 """
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _copy, _step
-from fastlstm._kernels._blas cimport GEMV_MAX_ROWS, NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
+from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, fl_gemv_packed64, gemm,
+                                      matmul_acc, pack_weights)
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -164,7 +168,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     cdef floating *ct
     cdef floating *gt = NULL
     # w_h packed once for the per-step products (float32, small batches; NULL otherwise)
-    cdef float *w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B)
+    cdef float *w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
     # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
         _copy(z_ws + r * G, b, G)
@@ -357,7 +361,7 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
     if T == 0:
         return
     # w_h^T packed once for the per-step products (float32, small batches; NULL otherwise)
-    w_packed = pack_weights(<int>G, <int>H, w_h, <int>G, True, B)
+    w_packed = pack_weights(<int>G, <int>H, w_h, <int>G, True, B, T)
     for k in range(T - 1, -1, -1):
         t = _step(k, T, reverse)
         c_prev = cs + _step(k - 1, T, reverse) * B * H if k > 0 else c0
@@ -428,3 +432,126 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const
                        &cs[0, 0, 0], &y[0, 0, 0], &dy[0, 0, 0], &dz_ws[0, 0, 0], &dx_out[0, 0, 0],
                        &dw_x_out[0, 0], &dw_h_out[0, 0], &db_out[0], dp_ptr, &dh0_out[0, 0], &dc0_out[0, 0],
                        T, B, I, H)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batch-1 steps for streaming sessions
+# ---------------------------------------------------------------------------------------------------------
+
+cdef class LSTMStepper:
+    """Batch-1 float32 LSTM steps over weights packed once, for streaming sessions.
+
+        z = b + [x_t, h] @ [w_x; w_h];  then the gate pass of lstm_forward (any activations, peepholes, clip,
+        input_forget)
+
+    `packed` is a _blas.Packed64 of the (I + H, 4H) matrix [w_x; w_h] (shareable between steppers); b (4H,),
+    p (3, H) | (0, H), act_codes, act_ab as for lstm_forward. The state lives in h and c, float32 C-contiguous
+    arrays of H values (shape (1, H)) owned by the caller and updated in place. The stepper keeps a reference
+    to every array it reads, so its pointers stay valid; one stepper must not run in two threads at once.
+    """
+    cdef Packed64 packed
+    cdef float *xh                      # the product's input row [x_t, h]
+    cdef float *z                       # pre-activations (4H,)
+    cdef const float *b
+    cdef const float *p
+    cdef float *h
+    cdef float *c
+    cdef int codes[3]
+    cdef double ab[6]
+    cdef float clip
+    cdef bint input_forget, fast
+    cdef readonly Py_ssize_t n_in, units     # I, H (`I` is a C macro)
+    cdef object _keep
+
+    def __cinit__(self, Packed64 packed not None, const float[::1] b not None, const float[:, ::1] p not None,
+                  const int[::1] act_codes not None, const double[:, ::1] act_ab not None, double clip,
+                  bint input_forget, float[:, ::1] h not None, float[:, ::1] c not None):
+        cdef Py_ssize_t H = h.shape[1], G = 4 * H, j
+        if h.shape[0] != 1 or c.shape[0] != 1 or c.shape[1] != H or b.shape[0] != G or packed.N != G \
+                or packed.K <= H or p.shape[1] != H or p.shape[0] not in (0, 3) or act_codes.shape[0] < 3 \
+                or act_ab.size < 6:
+            raise ValueError(f"LSTMStepper: inconsistent shapes: packed ({packed.K}, {packed.N}), b {b.shape[0]}, "
+                             f"p ({p.shape[0]}, {p.shape[1]}), h ({h.shape[0]}, {h.shape[1]}), "
+                             f"c ({c.shape[0]}, {c.shape[1]})")
+        self.packed = packed
+        self.units, self.n_in = H, packed.K - H
+        self.b = &b[0]
+        self.p = &p[0, 0] if p.shape[0] > 0 else NULL
+        self.h, self.c = &h[0, 0], &c[0, 0]
+        for j in range(3):
+            self.codes[j] = act_codes[j]
+        for j in range(6):
+            self.ab[j] = (&act_ab[0, 0])[j]
+        self.clip = <float>clip
+        self.input_forget = input_forget
+        self.fast = (self.codes[0] == SIGMOID and self.codes[1] == TANH and self.codes[2] == TANH
+                     and self.p == NULL and clip <= 0 and not input_forget)
+        self._keep = (b.base, p.base, h.base, c.base)
+        self.xh = <float*>malloc(packed.K * sizeof(float))
+        self.z = <float*>malloc(G * sizeof(float))
+        if self.xh == NULL or self.z == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.xh)
+        free(self.z)
+
+    cdef void _advance(self, const float* x, Py_ssize_t k, float* y) noexcept nogil:
+        """k steps on the rows x (k, I); y (k, H) gets every h when not NULL"""
+        cdef Py_ssize_t t, I = self.n_in, H = self.units
+        for t in range(k):
+            _copy(self.xh, x + t * I, I)
+            _copy(self.xh + I, self.h, H)
+            _copy(self.z, self.b, 4 * H)
+            fl_gemv_packed64(self.packed.K, self.packed.N, self.xh, self.packed.data, self.z)
+            if self.fast:
+                _fwd_row_fast(self.z, self.c, self.c, self.h, <float*>NULL, H)
+            else:
+                # (h_prev is only read for a masked row; every row here is valid)
+                _fwd_row_general(self.z, self.c, self.h, self.c, self.h, <float*>NULL, self.p, True, self.codes,
+                                 self.ab, self.clip, self.input_forget, H)
+            if y != NULL:
+                _copy(y + t * H, self.h, H)
+
+    def step(self, x, bint sequences):
+        """Advance over x, a float32 C-contiguous array of shape (1, k, I), k >= 1. Returns a new array:
+        (1, k, H) with every step's h when `sequences`, else (1, H), the last h. Returns None when x is
+        anything else (the caller converts it and calls again)."""
+        cdef cnp.ndarray a
+        cdef cnp.ndarray out
+        cdef cnp.npy_intp dims[3]
+        cdef Py_ssize_t k
+        if type(x) is not cnp.ndarray:
+            return None
+        a = <cnp.ndarray>x
+        if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_NDIM(a) != 3 \
+                or cnp.PyArray_DIM(a, 0) != 1 or cnp.PyArray_DIM(a, 2) != self.n_in or cnp.PyArray_DIM(a, 1) < 1:
+            return None
+        k = cnp.PyArray_DIM(a, 1)
+        if sequences:
+            dims[0], dims[1], dims[2] = 1, k, self.units
+            out = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
+            with nogil:
+                self._advance(<const float*>cnp.PyArray_DATA(a), k, <float*>cnp.PyArray_DATA(out))
+        else:
+            dims[0], dims[1] = 1, self.units
+            out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+            if k == 1:      # a single step holds the GIL: releasing it costs more than the step
+                self._advance(<const float*>cnp.PyArray_DATA(a), 1, NULL)
+            else:
+                with nogil:
+                    self._advance(<const float*>cnp.PyArray_DATA(a), k, NULL)
+            _copy(<float*>cnp.PyArray_DATA(out), self.h, self.units)
+        return out
+
+    def run(self, const float[:, :, ::1] x not None, float[:, :, ::1] y not None):
+        """Advance over x (k, 1, I) (time-major); y (k, 1, H) gets every step's h."""
+        if x.shape[1] != 1 or x.shape[2] != self.n_in or y.shape[0] != x.shape[0] or y.shape[1] != 1 \
+                or y.shape[2] != self.units:
+            raise ValueError(f"LSTMStepper.run: expected x (k, 1, {self.n_in}) and y (k, 1, {self.units}), got "
+                             f"({x.shape[0]}, {x.shape[1]}, {x.shape[2]}) and ({y.shape[0]}, {y.shape[1]}, "
+                             f"{y.shape[2]})")
+        if x.shape[0] == 0:
+            return
+        with nogil:
+            self._advance(&x[0, 0, 0], x.shape[0], &y[0, 0, 0])
