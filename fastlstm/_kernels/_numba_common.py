@@ -334,24 +334,30 @@ def add_column_sums(out, d2):
 # into 16-column panels Wp (N/16, K, 16), and each step runs a 6x16 register tile (12 AVX accumulators) over them:
 #     C[i:i+6, 16p:16p+16] = A[i:i+6, :] @ Wp[p]
 # A and C are padded to a multiple of 6 rows and C to a multiple of 16 columns, so every tile is full.
+# One row (B == 1) is bound by how fast W streams from cache instead: W goes into 64-column panels
+# (N/64, K, 64), read as one sequential stream by a 1x64 tile (8 accumulators), C padded to 64 columns.
 PACKED_MAX_ROWS = 512
 _PACKED_OK = not numba.config.DISABLE_JIT      # the tile is LLVM IR: no pure-Python version
 TILE_ROWS, TILE_COLS = 6, 16
+ROW_TILE_COLS = 64                             # the one-row tile's panel width
+ONE_ROW_MIN_STEPS = 8                          # one row: packing pays from this many steps on
 _K_CHUNK, _ROW_BLOCK = 256, 120
 
 
-def _make_tile(accumulate, name):
-    """The 6x16 tile as a Numba intrinsic tile(a, a0, lda, bp, b0, c, c0, ldc, k); accumulate: C += instead of C =."""
+def _make_tile(accumulate, name, rows=TILE_ROWS, vecs=TILE_COLS // 8):
+    """A rows x (8 vecs) tile as a Numba intrinsic tile(a, a0, lda, bp, b0, c, c0, ldc, k); accumulate: C +=
+    instead of C =."""
     def tile(typingctx, a, a0, lda, bp, b0, c, c0, ldc, k):
         is_f32 = isinstance(a, types.Array) and a.dtype == types.float32
-        return types.void(a, a0, lda, bp, b0, c, c0, ldc, k), _tile_codegen(is_f32, accumulate)
+        return types.void(a, a0, lda, bp, b0, c, c0, ldc, k), _tile_codegen(is_f32, accumulate, rows, vecs)
     tile.__name__ = tile.__qualname__ = name
     return intrinsic(tile)
 
 
-def _tile_codegen(is_f32, accumulate):
-    """C[c0 + r*ldc + j] (+)= sum_k A[a0 + r*lda + k] * Bp[b0 + 16*k + j]   for r < 6, j < 16, k < K (float32
-    arrays; for other dtypes it does nothing: the kernels only call it on float32)."""
+def _tile_codegen(is_f32, accumulate, rows, vecs):
+    """C[c0 + r*ldc + j] (+)= sum_k A[a0 + r*lda + k] * Bp[b0 + W*k + j]   for r < rows, j < W = 8 * vecs, k < K
+    (float32 arrays; for other dtypes it does nothing: the kernels only call it on float32)."""
+    width = 8 * vecs
 
     def codegen(context, builder, sig, args):
         if not is_f32:
@@ -377,23 +383,23 @@ def _tile_codegen(is_f32, accumulate):
         loop = builder.append_basic_block("tile.loop")
         done = builder.append_basic_block("tile.done")
         builder.cbranch(builder.icmp_signed(">", k_n, ir.Constant(i64, 0)), loop, done)
-        # for k: acc[r] += A[r, k] * Bp[k, 0:16]
+        # for k: acc[r] += A[r, k] * Bp[k, 0:width]
         builder.position_at_end(loop)
         kk = builder.phi(i64)
-        acc = [builder.phi(vec) for _ in range(12)]
+        acc = [builder.phi(vec) for _ in range(rows * vecs)]
         kk.add_incoming(ir.Constant(i64, 0), entry)
         for v in acc:
             v.add_incoming(zero, entry)
-        brow = builder.gep(b_ptr, [builder.mul(kk, ir.Constant(i64, 16))])
-        b_lo = builder.load(builder.bitcast(brow, vptr), align=4)
-        b_hi = builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, 8)]), vptr), align=4)
+        brow = builder.gep(b_ptr, [builder.mul(kk, ir.Constant(i64, width))])
+        b_vecs = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, 8 * h)]), vptr), align=4)
+                  for h in range(vecs)]
         new = []
-        for r in range(6):
+        for r in range(rows):
             a_rk = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(ir.Constant(i64, r), lda_v), kk)]))
             a_v = builder.shuffle_vector(builder.insert_element(undef, a_rk, ir.Constant(ir.IntType(32), 0)),
                                          undef, bcast)
-            new.append(builder.call(fmuladd, [a_v, b_lo, acc[2 * r]]))
-            new.append(builder.call(fmuladd, [a_v, b_hi, acc[2 * r + 1]]))
+            for h in range(vecs):
+                new.append(builder.call(fmuladd, [a_v, b_vecs[h], acc[vecs * r + h]]))
         k_next = builder.add(kk, ir.Constant(i64, 1))
         loop_end = builder.block
         kk.add_incoming(k_next, loop_end)
@@ -408,11 +414,11 @@ def _tile_codegen(is_f32, accumulate):
             v.add_incoming(zero, entry)
             v.add_incoming(n, loop_end)
             res.append(v)
-        for r in range(6):
+        for r in range(rows):
             row = builder.gep(c_ptr, [builder.mul(ir.Constant(i64, r), ldc_v)])
-            for h in range(2):
+            for h in range(vecs):
                 dst = builder.bitcast(builder.gep(row, [ir.Constant(i64, 8 * h)]), vptr)
-                val = res[2 * r + h]
+                val = res[vecs * r + h]
                 if accumulate:
                     val = builder.fadd(builder.load(dst, align=4), val)
                 builder.store(val, dst, align=4)
@@ -423,18 +429,19 @@ def _tile_codegen(is_f32, accumulate):
 
 _tile_6x16 = _make_tile(False, "_tile_6x16")
 _tile_6x16_acc = _make_tile(True, "_tile_6x16_acc")
+_tile_1x64 = _make_tile(False, "_tile_1x64", rows=1, vecs=ROW_TILE_COLS // 8)
 
 
 @njit(**NUMBA_FLAGS)
 def pack_panels(w, transpose, out):
-    """out[p, k, j] = W[k, 16p + j] (0 past N), W = w (K, N) or, with transpose, w.T (w (N, K)).
-    out (ceil(N / 16), K, 16)."""
-    P, K, _ = out.shape
+    """out[p, k, j] = W[k, Wd*p + j] (0 past N), W = w (K, N) or, with transpose, w.T (w (N, K)).
+    out (ceil(N / Wd), K, Wd), Wd the panel width (16, or 64 for one row)."""
+    P, K, Wd = out.shape
     N = w.shape[0] if transpose else w.shape[1]
     for p in range(P):
         for k in range(K):
-            for j in range(TILE_COLS):
-                n = p * TILE_COLS + j
+            for j in range(Wd):
+                n = p * Wd + j
                 if n >= N:
                     out[p, k, j] = 0
                 elif transpose:
@@ -476,19 +483,31 @@ def padded_cols(n):
     return (n + TILE_COLS - 1) // TILE_COLS * TILE_COLS
 
 
+NOT_PACKED, ROWS_PACKED, ONE_ROW_PACKED = 0, 1, 2
+
+
 @njit(**NUMBA_FLAGS)
 def use_packed(arr, B, T):
-    """Whether the per-step products take the packed float32 tiles: float32, 2 <= B <= PACKED_MAX_ROWS, T >= 2
-    (one row is a matrix-vector product, where BLAS is as fast; one step does not repay the packing)."""
-    return _PACKED_OK and arr.itemsize == 4 and 2 <= B <= PACKED_MAX_ROWS and T >= 2
+    """How the per-step products run (float32 only): ROWS_PACKED (6x16 tiles) for 2 <= B <= PACKED_MAX_ROWS and
+    T >= 2, ONE_ROW_PACKED (1x64 tile) for B == 1 and T >= ONE_ROW_MIN_STEPS (packing costs a few products),
+    else NOT_PACKED (np.dot). False/True are accepted wherever a mode is, as NOT_PACKED/ROWS_PACKED."""
+    if not _PACKED_OK or arr.itemsize != 4:
+        return NOT_PACKED
+    if 2 <= B <= PACKED_MAX_ROWS and T >= 2:
+        return ROWS_PACKED
+    if B == 1 and T >= ONE_ROW_MIN_STEPS:
+        return ONE_ROW_PACKED
+    return NOT_PACKED
 
 
 @njit(**NUMBA_FLAGS)
 def pack_for_steps(w, transpose, packed):
-    """W = w (K, N) or w.T packed into panels for packed_matmul; shape (0, K, 16) when not packed."""
+    """W = w (K, N) or w.T packed into panels for step_matmul (mode `packed`, see use_packed); (0, K, 16) when
+    not packed."""
     K = w.shape[1] if transpose else w.shape[0]
     N = w.shape[0] if transpose else w.shape[1]
-    wp = np.empty((padded_cols(N) // TILE_COLS if packed else 0, K, TILE_COLS), w.dtype)
+    width = ROW_TILE_COLS if packed == ONE_ROW_PACKED else TILE_COLS
+    wp = np.empty(((N + width - 1) // width if packed else 0, K, width), w.dtype)
     if packed:
         pack_panels(w, transpose, wp)
     return wp
@@ -497,6 +516,8 @@ def pack_for_steps(w, transpose, packed):
 @njit(**NUMBA_FLAGS)
 def step_buffer(B, N, packed, like):
     """Output scratch of a per-step product: (B, N), or (zeros) padded to whole tiles when packed."""
+    if packed == ONE_ROW_PACKED:
+        return np.zeros((B, (N + ROW_TILE_COLS - 1) // ROW_TILE_COLS * ROW_TILE_COLS), like.dtype)
     if packed:
         return np.zeros((padded_rows(B), padded_cols(N)), like.dtype)
     return np.zeros((B, N), like.dtype)
@@ -504,8 +525,9 @@ def step_buffer(B, N, packed, like):
 
 @njit(**NUMBA_FLAGS)
 def step_input_buffer(B, K, packed, like):
-    """Left-operand scratch of a per-step product: (B, K), or (zeros) padded to whole 6-row tiles when packed."""
-    return np.zeros((padded_rows(B) if packed else B, K), like.dtype)
+    """Left-operand scratch of a per-step product: (B, K), or (zeros) padded to whole 6-row tiles when packed
+    in row tiles."""
+    return np.zeros((padded_rows(B) if packed == ROWS_PACKED else B, K), like.dtype)
 
 
 @njit(**NUMBA_FLAGS)
@@ -516,7 +538,12 @@ def step_matmul(a, w, wp, a_pad, copy_a, out):
     if wp.shape[0] > 0:
         if copy_a:
             a_pad[:a.shape[0]] = a
-        packed_matmul(a_pad, wp, out)
+        if wp.shape[2] == ROW_TILE_COLS:      # one row: out[0, 64p:64p+64] = a[0] @ Wp[p]
+            K = wp.shape[1]
+            for p in range(wp.shape[0]):
+                _tile_1x64(a_pad, 0, K, wp, p * K * ROW_TILE_COLS, out, p * ROW_TILE_COLS, out.shape[1], K)
+        else:
+            packed_matmul(a_pad, wp, out)
     elif a.shape[0] == 1:
         np.dot(a[0], w, out[0])          # one row: a matrix-vector product (BLAS gemv)
     else:
