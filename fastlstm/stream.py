@@ -52,24 +52,32 @@ class _RecurrentStep:
         self.stepper = self._make_stepper()
 
     def _make_stepper(self):
-        """A batch-1 LSTM stepper over packed weights (Cython backend, float32), else None. It works on
+        """A batch-1 LSTM/GRU stepper over packed weights (Cython backend, float32), else None. It works on
         self.states in place, so with a stepper the states never swap with the spares."""
-        if not (self.kind == "lstm" and self.B == 1 and self.dtype == np.float32):
+        if not (self.kind in ("lstm", "gru") and self.B == 1 and self.dtype == np.float32):
             return None
         backend = get_backend()
-        stepper_cls = getattr(backend, "LSTMStepper", None)
-        if stepper_cls is None:
+        if not hasattr(backend, "Packed64"):
             return None
-        lyr, p = self.layer, self.params
-        packed = lyr._cast.get("stream_packed")
+        lyr, p, H = self.layer, self.params, self.H
+        packed = lyr._cast.get("stream_packed")        # shared by every session on this layer
         if packed is None:
             try:
-                packed = backend.Packed64(np.ascontiguousarray(np.concatenate([p["w_x"], p["w_h"]])))
+                if self.kind == "lstm":
+                    packed = (backend.Packed64(np.ascontiguousarray(np.concatenate([p["w_x"], p["w_h"]]))),)
+                elif lyr.reset_after:
+                    packed = (backend.Packed64(p["w_x"]), backend.Packed64(p["w_h"]), None)
+                else:
+                    packed = (backend.Packed64(p["w_x"]), backend.Packed64(np.ascontiguousarray(p["w_h"][:, :2 * H])),
+                              backend.Packed64(np.ascontiguousarray(p["w_h"][:, 2 * H:])))
             except RuntimeError:            # a build without AVX2/FMA: the general kernels
                 return None
-            lyr._cast["stream_packed"] = packed      # shared by every session on this layer
-        return stepper_cls(packed, p["b"], p["p"], p["act_codes"], p["act_ab"], 0.0, False,
-                           self.states[0], self.states[1])
+            lyr._cast["stream_packed"] = packed
+        if self.kind == "lstm":
+            return backend.LSTMStepper(packed[0], p["b"], p["p"], p["act_codes"], p["act_ab"], 0.0, False,
+                                       self.states[0], self.states[1])
+        return backend.GRUStepper(*packed, p["b_x"], p["b_h"], p["act_codes"], p["act_ab"], 0.0, lyr.reset_after,
+                                  self.states[0])
 
     def refresh(self):
         """Re-read the layer's weights when they changed since the plan was made."""

@@ -291,3 +291,51 @@ def test_lstm_stepper_against_reference(I, H, opts):
     assert st.step(np.zeros((1, 0, I), np.float32), False) is None
     with pytest.raises(ValueError, match="expected x"):
         st.run(np.zeros((2, 1, I + 1), np.float32), np.zeros((2, 1, H), np.float32))
+
+
+gru_cy = pytest.importorskip("fastlstm._kernels.gru_cy", reason="the Cython extension is built in CI")
+
+
+@pytest.mark.parametrize("I, H", [(3, 5), (70, 66)])
+@pytest.mark.parametrize("opts", [dict(), dict(reset_after=False), dict(clip=0.6),
+                                  dict(reset_after=False, act_specs=[(4, 1 / 6, 0.5), (10, 0, 0)])], ids=str)
+def test_gru_stepper_against_reference(I, H, opts):
+    # a kinked activation (hard_sigmoid) in float32: another summation order may land on the other side of a
+    # kink, so those cases get the looser float32 tolerance of test_kernels.py
+    tol = dict(rtol=3e-3, atol=1e-3) if "act_specs" in opts else dict(rtol=1e-4, atol=1e-5)
+    from fastlstm._kernels import _blas, gru_ref
+    from fastlstm._kernels.args import gru_args
+    T = 10
+    a = gru_args(T, 1, I, H, np.float32, np.random.default_rng(H), **opts)
+    h = a["h0"].copy()
+    gru_ref.gru_forward(*a.values())
+    w_h = a["w_h"]
+    if a["reset_after"]:
+        packed = (_blas.Packed64(a["w_x"]), _blas.Packed64(w_h), None)
+    else:
+        packed = (_blas.Packed64(a["w_x"]), _blas.Packed64(np.ascontiguousarray(w_h[:, :2 * H])),
+                  _blas.Packed64(np.ascontiguousarray(w_h[:, 2 * H:])))
+    st = gru_cy.GRUStepper(*packed, a["b_x"], a["b_h"], a["act_codes"], a["act_ab"], a["clip"], a["reset_after"], h)
+    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
+    y_head = st.step(np.ascontiguousarray(x[:, :4]), True)
+    last = st.step(np.ascontiguousarray(x[:, 4:7]), False)
+    y_rest = np.zeros((T - 7, 1, H), np.float32)
+    st.run(np.ascontiguousarray(a["x"][7:]), y_rest)
+    npt.assert_allclose(y_head[0], a["y_out"][:4, 0], **tol)
+    npt.assert_allclose(last, a["y_out"][6], **tol)
+    npt.assert_allclose(y_rest[:, 0], a["y_out"][7:, 0], **tol)
+    npt.assert_allclose(h, a["hT_out"], **tol)
+    assert st.step(x.astype(np.float64), False) is None
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        gru_cy.GRUStepper(packed[0], packed[0], None, a["b_x"], a["b_h"], a["act_codes"], a["act_ab"], 0.0, True, h)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_batch1_gru_session_with_mask(rng, reset_after):
+    m = fastlstm.Sequential([L.Embedding(25, 6, mask_zero=True), L.GRU(66, return_sequences=True,
+                                                                        reset_after=reset_after), L.GRU(9)])
+    x = rng.integers(1, 25, size=(1, 10))
+    x[0, 2:4] = 0
+    m.predict(x)
+    check_against_predict(m, x)
+    check_against_predict(m, x, chunks=[3, 1, 6])

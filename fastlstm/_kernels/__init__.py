@@ -3,7 +3,7 @@
     lstm_forward, lstm_backward      (contract: lstm_ref.py)
     gru_forward,  gru_backward       (contract: gru_ref.py)
 
-`get_backend(name)` returns a namespace with those four (the cython one also has LSTMStepper and Packed64,
+`get_backend(name)` returns a namespace with those four (the cython one also has LSTMStepper, GRUStepper and Packed64,
 batch-1 streaming steps over packed weights). "auto" picks cython when the extension is
 built, else numba; a backend asked for by name that is not available raises ImportError.
 """
@@ -63,6 +63,7 @@ def get_backend(name="auto"):
         if name == "cython":     # batch-1 streaming steps over packed weights (stream.py)
             from . import _blas
             _cache[name].LSTMStepper = lstm_mod.LSTMStepper
+            _cache[name].GRUStepper = gru_mod.GRUStepper
             _cache[name].Packed64 = _blas.Packed64
     return _cache[name]
 

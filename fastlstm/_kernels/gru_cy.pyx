@@ -19,14 +19,18 @@ malloc freed on return; else gemm).
 The default activations (sigmoid, tanh) with reset_after and no clip take one fused, vectorised loop per
 row; anything else takes the general pass on CH-column chunks in stack buffers.
 """
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _copy, _step
-from fastlstm._kernels._blas cimport GEMV_MAX_ROWS, NO_TRANS, TRANS, gemm, matmul_acc, pack_weights
+from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, fl_gemv_packed64, gemm,
+                                      matmul_acc, pack_weights)
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -461,3 +465,143 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
                       <floating>clip, reset_after, reverse, &z_ws[0, 0, 0], &hz_ws[0, 0, 0], &gates[0, 0, 0],
                       &y[0, 0, 0], &dy[0, 0, 0], &dz_ws[0, 0, 0], &dhz_ws[0, 0, 0], &dx_out[0, 0, 0],
                       &dw_x_out[0, 0], &dw_h_out[0, 0], &db_x_out[0], &db_h_out[0], &dh0_out[0, 0], T, B, I, H)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batch-1 steps for streaming sessions
+# ---------------------------------------------------------------------------------------------------------
+
+cdef class GRUStepper:
+    """Batch-1 float32 GRU steps over weights packed once, for streaming sessions.
+
+        zx = b_x + x_t @ w_x (+ b_hn on the n slice, reset_before);  then, as in gru_forward,
+        reset_after:   hh = b_h + h @ w_h;  the gate pass
+        reset_before:  hh[:2H] = b_h[:2H] + h @ w_h[:, :2H];  z, r;  zx[2H:] += (r * h) @ w_h[:, 2H:];  n, h
+
+    packed_x, packed_h, packed_n: _blas.Packed64 of w_x (I, 3H), and of w_h (H, 3H) (reset_after) or
+    w_h[:, :2H] and w_h[:, 2H:] (reset_before; packed_n None for reset_after). b_x, b_h (3H,), act_codes,
+    act_ab as for gru_forward. The state h (float32 C-contiguous, shape (1, H)) is owned by the caller and
+    updated in place. One stepper must not run in two threads at once.
+    """
+    cdef Packed64 px, ph, pn
+    cdef float *zx                      # (3H,) input projections, then the pre-activations
+    cdef float *hh                      # (3H,) recurrent projections (reset_before: [hz, hr, r * h])
+    cdef float *hnew                    # (H,) the next h
+    cdef float *zkeep                   # (H,) z, reset_before
+    cdef const float *b_x
+    cdef const float *b_h
+    cdef float *h
+    cdef int codes[2]
+    cdef double ab[4]
+    cdef float clip
+    cdef bint reset_after, fast
+    cdef readonly Py_ssize_t n_in, units     # I, H (`I` is a C macro)
+    cdef object _keep
+
+    def __cinit__(self, Packed64 packed_x not None, Packed64 packed_h not None, Packed64 packed_n,
+                  const float[::1] b_x not None, const float[::1] b_h not None, const int[::1] act_codes not None,
+                  const double[:, ::1] act_ab not None, double clip, bint reset_after, float[:, ::1] h not None):
+        cdef Py_ssize_t H = h.shape[1], G = 3 * H, j
+        cdef bint ok = (h.shape[0] == 1 and b_x.shape[0] == G and b_h.shape[0] == G and packed_x.N == G
+                        and packed_h.K == H and act_codes.shape[0] >= 2 and act_ab.size >= 4)
+        if reset_after:
+            ok = ok and packed_h.N == G and packed_n is None
+        else:
+            ok = ok and packed_h.N == 2 * H and packed_n is not None and packed_n.K == H and packed_n.N == H
+        if not ok:
+            raise ValueError(f"GRUStepper: inconsistent shapes: packed_x ({packed_x.K}, {packed_x.N}), packed_h "
+                             f"({packed_h.K}, {packed_h.N}), packed_n "
+                             f"{None if packed_n is None else (packed_n.K, packed_n.N)}, b_x {b_x.shape[0]}, "
+                             f"b_h {b_h.shape[0]}, h ({h.shape[0]}, {h.shape[1]}), reset_after={reset_after}")
+        self.px, self.ph, self.pn = packed_x, packed_h, packed_n
+        self.units, self.n_in = H, packed_x.K
+        self.b_x, self.b_h, self.h = &b_x[0], &b_h[0], &h[0, 0]
+        for j in range(2):
+            self.codes[j] = act_codes[j]
+        for j in range(4):
+            self.ab[j] = (&act_ab[0, 0])[j]
+        self.clip = <float>clip
+        self.reset_after = reset_after
+        self.fast = self.codes[0] == SIGMOID and self.codes[1] == TANH and clip <= 0 and reset_after
+        self._keep = (b_x.base, b_h.base, h.base)
+        self.zx = <float*>malloc(G * sizeof(float))
+        self.hh = <float*>malloc(G * sizeof(float))
+        self.hnew = <float*>malloc(H * sizeof(float))
+        self.zkeep = <float*>malloc(H * sizeof(float))
+        if self.zx == NULL or self.hh == NULL or self.hnew == NULL or self.zkeep == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.zx)
+        free(self.hh)
+        free(self.hnew)
+        free(self.zkeep)
+
+    cdef void _advance(self, const float* x, Py_ssize_t k, float* y) noexcept nogil:
+        """k steps on the rows x (k, I); y (k, H) gets every h when not NULL"""
+        cdef Py_ssize_t t, j, I = self.n_in, H = self.units, G = 3 * self.units
+        for t in range(k):
+            _copy(self.zx, self.b_x, G)
+            if self.reset_after:
+                fl_gemv_packed64(<int>I, <int>G, x + t * I, self.px.data, self.zx)
+                _copy(self.hh, self.b_h, G)
+                fl_gemv_packed64(<int>H, <int>G, self.h, self.ph.data, self.hh)
+                if self.fast:
+                    _fwd_row_fast(self.zx, self.hh, self.h, self.hnew, <float*>NULL, H)
+                else:
+                    _fwd_row_after(self.zx, self.hh, self.h, self.hnew, <float*>NULL, self.codes, self.ab,
+                                   self.clip, H)
+            else:
+                for j in range(H):
+                    self.zx[2 * H + j] += self.b_h[2 * H + j]
+                fl_gemv_packed64(<int>I, <int>G, x + t * I, self.px.data, self.zx)
+                _copy(self.hh, self.b_h, 2 * H)
+                fl_gemv_packed64(<int>H, <int>(2 * H), self.h, self.ph.data, self.hh)
+                _fwd_row_before_zr(self.zx, self.hh, self.h, self.hh + 2 * H, self.zkeep, <float*>NULL,
+                                   self.codes, self.ab, self.clip, H)
+                fl_gemv_packed64(<int>H, <int>H, self.hh + 2 * H, self.pn.data, self.zx + 2 * H)
+                _fwd_row_before_n(self.zx + 2 * H, self.zkeep, self.h, self.hnew, <float*>NULL, self.codes,
+                                  self.ab, self.clip, H)
+            _copy(self.h, self.hnew, H)
+            if y != NULL:
+                _copy(y + t * H, self.h, H)
+
+    def step(self, x, bint sequences):
+        """Advance over x, a float32 C-contiguous array of shape (1, k, I), k >= 1. Returns a new array:
+        (1, k, H) with every step's h when `sequences`, else (1, H), the last h. Returns None when x is
+        anything else (the caller converts it and calls again)."""
+        cdef cnp.ndarray a
+        cdef cnp.ndarray out
+        cdef cnp.npy_intp dims[3]
+        cdef Py_ssize_t k
+        if type(x) is not cnp.ndarray:
+            return None
+        a = <cnp.ndarray>x
+        if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_NDIM(a) != 3 \
+                or cnp.PyArray_DIM(a, 0) != 1 or cnp.PyArray_DIM(a, 2) != self.n_in or cnp.PyArray_DIM(a, 1) < 1:
+            return None
+        k = cnp.PyArray_DIM(a, 1)
+        if sequences:
+            dims[0], dims[1], dims[2] = 1, k, self.units
+            out = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
+            with nogil:
+                self._advance(<const float*>cnp.PyArray_DATA(a), k, <float*>cnp.PyArray_DATA(out))
+        else:
+            dims[0], dims[1] = 1, self.units
+            out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+            with nogil:
+                self._advance(<const float*>cnp.PyArray_DATA(a), k, NULL)
+            _copy(<float*>cnp.PyArray_DATA(out), self.h, self.units)
+        return out
+
+    def run(self, const float[:, :, ::1] x not None, float[:, :, ::1] y not None):
+        """Advance over x (k, 1, I) (time-major); y (k, 1, H) gets every step's h."""
+        if x.shape[1] != 1 or x.shape[2] != self.n_in or y.shape[0] != x.shape[0] or y.shape[1] != 1 \
+                or y.shape[2] != self.units:
+            raise ValueError(f"GRUStepper.run: expected x (k, 1, {self.n_in}) and y (k, 1, {self.units}), got "
+                             f"({x.shape[0]}, {x.shape[1]}, {x.shape[2]}) and ({y.shape[0]}, {y.shape[1]}, "
+                             f"{y.shape[2]})")
+        if x.shape[0] == 0:
+            return
+        with nogil:
+            self._advance(&x[0, 0, 0], x.shape[0], &y[0, 0, 0])

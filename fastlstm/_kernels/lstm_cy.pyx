@@ -536,11 +536,8 @@ cdef class LSTMStepper:
         else:
             dims[0], dims[1] = 1, self.units
             out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
-            if k == 1:      # a single step holds the GIL: releasing it costs more than the step
-                self._advance(<const float*>cnp.PyArray_DATA(a), 1, NULL)
-            else:
-                with nogil:
-                    self._advance(<const float*>cnp.PyArray_DATA(a), k, NULL)
+            with nogil:     # (about 0.1 us; other threads' sessions run meanwhile)
+                self._advance(<const float*>cnp.PyArray_DATA(a), k, NULL)
             _copy(<float*>cnp.PyArray_DATA(out), self.h, self.units)
         return out
 
