@@ -9,7 +9,10 @@ A session owns all its buffers (states, kernel workspaces) and only reads the mo
 sessions can run on one model from many threads at once (the kernels release the GIL). One session must not be
 stepped from two threads at the same time. The plan is made once per session: per step there is no graph walk
 and no validation beyond a shape/dtype check; the recurrent kernels are called directly on preallocated
-buffers, the states ping-pong between two buffers.
+buffers, the states ping-pong between two buffers. At batch 1 (float32, Cython backend) an LSTM or GRU layer
+steps through a stepper instead (lstm_cy.LSTMStepper, gru_cy.GRUStepper): its weights are packed once per layer
+(shared by every session on it, repacked when the weights change) so that a step is one sequential pass over
+them, and the step updates the session's state arrays in place.
 
 Equivalence with predict (tested): streaming T steps in chunks equals predict on the whole sequence, with
 Keras masking semantics (a masked step keeps the state; return_sequences outputs repeat the carried state,
