@@ -201,8 +201,7 @@ class Model:
             # PREDICT_MAX_ROWS rows per run, which bounds the kernels' workspaces
             k = min(threads, n // PREDICT_MIN_ROWS_PER_THREAD) if threads > 1 else 1
             k = max(k, 1, -(-n // PREDICT_MAX_ROWS))
-            bounds = np.linspace(0, n, k + 1).astype(int)
-            chunks = [(bounds[i], bounds[i + 1]) for i in range(k)]
+            chunks = [(n * i // k, n * (i + 1) // k) for i in range(k)]
         else:
             batch_size = int(batch_size)
             chunks = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]

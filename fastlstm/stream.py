@@ -236,7 +236,76 @@ class StreamSession:
                 and not self._rnn[0][1].layer.return_state and self._rnn[0][1].kind in ("lstm", "gru")
                 and m.outputs[0] is self._ops[0][1].outputs[0]):
             self._fast = self._make_fast(self._rnn[0][1])
+        self._chain = None if self._fast is not None else self._make_chain()
         self._plan = True
+
+    def _make_chain(self):
+        """Batch 1, float32, a plain chain of nodes (each feeds the next; one input, one output) of Embedding,
+        Dense, inference no-ops and recurrent layers that have a stepper: a closure running the chunk through
+        them on time-major (k, 1, features) arrays, skipping the graph walk and the per-layer checks of the
+        general path. It returns None for a chunk it must not take (a padding token 0 of a mask_zero Embedding:
+        masking needs the general path, which works on the same states). None when the model is not such a chain.
+        """
+        if self.batch_size != 1 or self.dtype != np.float32 or len(self.model.outputs) != 1:
+            return None
+        identity = {"InputLayer", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
+                    "ActivityRegularization"}
+        ops, prev, seq = [], self._in_id, True
+        for kind, node, r in self._ops:
+            lyr = node.layer
+            if len(node.inputs) != 1 or node.inputs[0].id != prev or len(node.outputs) != 1 \
+                    or any(k != "training" for k in node.kwargs):
+                return None
+            prev = node.outputs[0].id
+            cls = type(lyr).__name__
+            if kind == "rnn":
+                if r.stepper is None or lyr.return_state or not seq:
+                    return None
+                ops.append(("rnn", r))
+                seq = lyr.return_sequences
+            elif cls == "Embedding" and not ops and self._token_input:
+                ops.append(("embed", lyr))
+            elif cls == "Dense":
+                ops.append(("dense", lyr))
+            elif cls not in identity:
+                return None
+        if prev != self._out_ids[0] or not any(op == "rnn" for op, _ in ops):
+            return None
+        I = self._in_shape[-1]
+
+        def run(x):
+            k = x.shape[1]
+            if self._token_input:
+                if not ops or ops[0][0] != "embed":
+                    return None
+                ids = x[0]
+                lyr = ops[0][1]
+                if ids.dtype.kind not in "iu" or (lyr.mask_zero and not ids.all()):
+                    return None                     # float ids, or padding: the general path checks / masks
+                if ids.min() < 0 or ids.max() >= lyr.input_dim:
+                    return None                     # the general path raises the error
+                v = lyr._weights[0].take(ids, axis=0).reshape(k, 1, lyr.output_dim)
+                todo = ops[1:]
+            else:
+                v = x.reshape(k, 1, I)
+                todo = ops
+            for op, obj in todo:
+                if op == "rnn":
+                    if obj.layer._cast is not obj._cast_seen:
+                        obj.refresh()
+                    y = obj.workspace(k)[2]
+                    obj.stepper.run(np.ascontiguousarray(v, dtype=np.float32), y)
+                    v = y if obj.layer.return_sequences else obj.states[0]
+                else:                               # Dense on the last axis
+                    w = obj._weights
+                    z = v @ w[0]
+                    if obj.use_bias:
+                        z += w[1]
+                    v = obj._act(z)
+            # (k, 1, F) time-major is (1, k, F) batch-first at batch 1
+            return v.reshape(1, k, v.shape[-1]).astype(np.float32) if v.ndim == 3 else v.astype(np.float32)
+
+        return run
 
     def _state_key(self, lyr):
         keys = [k for k, _ in getattr(self, "_rnn", [])]
@@ -356,6 +425,10 @@ class StreamSession:
         if self._fast is not None:
             return self._fast(x)
         x = self._coerce(x)
+        if self._chain is not None:
+            out = self._chain(x)
+            if out is not None:
+                return out
         values = {self._in_id: (x, None)}
         masks = self._uses_masks
         for kind, node, r in self._ops:

@@ -339,3 +339,22 @@ def test_batch1_gru_session_with_mask(rng, reset_after):
     m.predict(x)
     check_against_predict(m, x)
     check_against_predict(m, x, chunks=[3, 1, 6])
+
+
+def test_batch1_chain_embedding_lstm_dropout_dense(rng):
+    """Batch 1 plain chains skip the graph walk; they must equal predict and keep predict's input errors."""
+    m = fastlstm.Sequential([L.Embedding(30, 8), L.LSTM(12, return_sequences=True), L.Dropout(0.3),
+                             L.GRU(7, return_sequences=True), L.Dense(4, activation="softmax")])
+    x = rng.integers(0, 30, size=(1, 9))
+    m.predict(x)
+    m.set_weights([0.4 * rng.normal(size=w.shape).astype(np.float32) for w in m.get_weights()])   # biases too
+    s = m.stream()
+    assert s._chain is not None
+    check_against_predict(m, x, chunks=[1, 3, 5])
+    check_against_predict(m, x.astype(np.float64), chunks=[2, 7])      # integral float ids take the general path
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 30\)"):
+        s.step(np.array([[31]]))
+    last = fastlstm.Sequential([L.Embedding(30, 8), L.LSTM(12), L.Dense(1, activation="sigmoid")])
+    last.predict(x)
+    last.set_weights([0.4 * rng.normal(size=w.shape).astype(np.float32) for w in last.get_weights()])
+    check_against_predict(last, x)

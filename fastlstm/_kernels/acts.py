@@ -78,14 +78,17 @@ def activate(code, alpha, beta, z):
     """a(z) for one activation code, elementwise on an array (any float dtype, result in z's dtype)."""
     z = np.asarray(z)
     dt = z.dtype
+    # the common codes first, without the errstate context (about 1.5 us, a third of a small call): they raise
+    # no floating-point warnings (exp(-|z|) never overflows; NaN passes through exp, tanh and comparisons quietly)
+    if code == SIGMOID:
+        # sigmoid(z) = 1/(1+e^-z) for z >= 0, e^z/(1+e^z) for z < 0, e = exp(-|z|)
+        e = np.exp(-np.abs(z))
+        d = e + 1
+        return np.asarray(np.where(z >= 0, 1 / d, e / d), dtype=dt)
+    if code == TANH:
+        return np.asarray(np.tanh(z), dtype=dt)
     with np.errstate(over="ignore", invalid="ignore"):
-        if code == SIGMOID:
-            # exp(-|z|) never overflows: sigmoid(z) = 1/(1+e^-z) for z >= 0, e^z/(1+e^z) for z < 0
-            e = np.exp(-np.abs(z))
-            a = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
-        elif code == TANH:
-            a = np.tanh(z)
-        elif code == RELU:
+        if code == RELU:
             a = np.where(z > 0, z, 0 * z)
         elif code == LINEAR:
             a = z.copy()
