@@ -133,11 +133,8 @@ def build_parser():
     s.add_argument("--quick", action="store_true", help="skip the peer comparison")
     s.set_defaults(func=cmd_demo)
     s = sub.add_parser("bench", help="benchmark fastlstm against torch and onnxruntime")
-    s.add_argument("--quick", action="store_true", help="a run under a minute")
-    s.add_argument("--threads", dest="bench_threads", default="1,2", help="thread counts, e.g. 1,2")
-    s.add_argument("--workloads", default=None, help="comma-separated workload names (default: all)")
-    s.add_argument("--json", default="bench_out/bench.json", help="where to write the JSON results")
-    s.add_argument("--png", default="bench_out/bench.png", help="where to write the ratio chart")
+    from .bench import add_arguments as add_bench_arguments
+    add_bench_arguments(s)
     s.set_defaults(func=cmd_bench)
     return p
 
