@@ -12,7 +12,8 @@ Backward, per step in reverse processing order (dh += dy[t] first; masked rows p
     dc_prev = dc_t * f + p_i * dz_i + p_f * dz_f;   dh_prev = dz @ w_h^T
 Compute shape: one GEMM (T*B, I) @ (I, 4H) into z_ws (pre-filled with b), per step one (B, H) @ (H, 4H)
 product into z_ws[t] and one fused gate pass per row. Backward: per step the gate pass and
-dh_prev = dz @ w_h^T; dw_x, dx and dw_h as single GEMMs over all T*B rows at the end.
+dh_prev = dz @ w_h^T; at the end dx as one GEMM over all T*B rows and [dw_x; dw_h] as one GEMM
+[x, h_prev]^T @ dz (one pass over dz; [x, h_prev] copied chunk by chunk into a scratch).
 The per-step products go through _blas.matmul_acc: a GEMV when B == 1; for float32 and 1 < B < 128 a
 register-tile kernel on w_h (w_h^T in backward) packed once per call (one malloc of the size of w_h,
 freed on return); otherwise BLAS gemm.
@@ -21,8 +22,8 @@ Two gate passes: the default activations (sigmoid, tanh, tanh) without peepholes
 take one fused loop per row that gcc vectorises; anything else takes the general pass, which works on
 CH-column chunks in stack buffers and switches on the activation codes once per chunk.
 Running state: h_prev is y_out[t_prev] (or h0); c lives in cs_out[t] when training, else in cT_out,
-updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Apart from the packed weights nothing is
-allocated.
+updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Apart from the packed weights and the
+backward's two weight-gradient scratches (rows of [x, h_prev]; the (I + H, 4H) sums) nothing is allocated.
 """
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -39,6 +40,7 @@ cnp.import_array()
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
+    WG_CHUNK_ROWS = 512     # rows per chunk of the merged weight-gradient GEMM (_weight_grads_merged)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,7 +354,7 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
                          floating* dp, floating* dh, floating* dc, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                          Py_ssize_t H) noexcept nogil:
     """dh, dc hold dhT, dcT on entry and dh0, dc0 on return."""
-    cdef Py_ssize_t G = 4 * H, k, t, bi, e, row, first
+    cdef Py_ssize_t G = 4 * H, k, t, bi, e, row
     cdef bint fast = (codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH and p == NULL
                       and clip <= 0 and not input_forget)
     cdef const floating *c_prev
@@ -382,15 +384,23 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
         # dh += dz_t @ w_h^T   (valid rows were zeroed: dh_prev = dz @ w_h^T; masked rows add dz = 0)
         matmul_acc(<int>B, <int>H, <int>G, dzt, <int>G, w_h, <int>G, True, w_packed, dh, <int>H)
     free(w_packed)
-    # dw_x += x^T @ dz   over all T*B rows
-    gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
-         <floating>1, dw_x, <int>G)
     # dx = dz @ w_x^T
     gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
          <floating>0, dx, <int>I)
-    # dw_h += H_prev^T @ dz, H_prev[t] = y[t_prev] (h0 for the first processed step): in memory that is y
-    # shifted by one step, so h0 takes one (B, H) GEMM and the rest one GEMM over (T-1)*B rows.
-    first = _step(0, T, reverse)
+    if not _weight_grads_merged(x, h0, y, dz_ws, dw_x, dw_h, reverse, T, B, I, H):
+        _weight_grads(x, h0, y, dz_ws, dw_x, dw_h, reverse, T, B, I, H)
+
+
+cdef void _weight_grads(const floating* x, const floating* h0, const floating* y, const floating* dz_ws,
+                        floating* dw_x, floating* dw_h, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                        Py_ssize_t H) noexcept nogil:
+    """dw_x += x^T @ dz, dw_h += H_prev^T @ dz over all T*B rows, H_prev[t] = y[t_prev] (h0 for the first
+    processed step): in memory that is y shifted by one step, so h0 takes one (B, H) GEMM and the rest one
+    GEMM over (T-1)*B rows."""
+    cdef Py_ssize_t G = 4 * H, first = _step(0, T, reverse)
+    # dw_x += x^T @ dz
+    gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
+         <floating>1, dw_x, <int>G)
     # dw_h += h0^T @ dz[first]
     gemm(TRANS, NO_TRANS, <int>H, <int>G, <int>B, <floating>1, h0, <int>H, dz_ws + first * B * G, <int>G,
          <floating>1, dw_h, <int>G)
@@ -403,6 +413,46 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
             # dw_h += y[:-1]^T @ dz[1:]
             gemm(TRANS, NO_TRANS, <int>H, <int>G, <int>((T - 1) * B), <floating>1, y, <int>H, dz_ws + B * G,
                  <int>G, <floating>1, dw_h, <int>G)
+
+
+cdef bint _weight_grads_merged(const floating* x, const floating* h0, const floating* y, const floating* dz_ws,
+                               floating* dw_x, floating* dw_h, bint reverse, Py_ssize_t T, Py_ssize_t B,
+                               Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+    """The same as _weight_grads as one GEMM [dw_x; dw_h] += [x, H_prev]^T @ dz, which reads dz once instead
+    of twice: [x, H_prev] is copied chunk by chunk (about WG_CHUNK_ROWS rows, which stay in cache) into a
+    scratch, the sums go to a scratch (I + H, 4H) added to dw_x, dw_h at the end. False (nothing done) when
+    a scratch cannot be allocated."""
+    cdef Py_ssize_t G = 4 * H, K = I + H, S = max(1, WG_CHUNK_ROWS // B), k0, k1, t, t_prev, bi, e
+    cdef floating *xh = <floating*>malloc(S * B * K * sizeof(floating))
+    cdef floating *acc = <floating*>malloc(K * G * sizeof(floating))
+    cdef const floating *hp
+    cdef floating *row
+    if xh == NULL or acc == NULL:
+        free(xh)
+        free(acc)
+        return False
+    # chunks of S steps in memory order t; H_prev[t] = y[t -/+ 1], h0 for the first processed step
+    k0 = 0
+    while k0 < T:
+        k1 = min(k0 + S, T)
+        for t in range(k0, k1):
+            t_prev = t + 1 if reverse else t - 1
+            hp = h0 if t_prev < 0 or t_prev >= T else y + t_prev * B * H
+            for bi in range(B):
+                row = xh + ((t - k0) * B + bi) * K
+                _copy(row, x + (t * B + bi) * I, I)
+                _copy(row + I, hp + bi * H, H)
+        # acc (+)= xh^T @ dz[k0:k1]
+        gemm(TRANS, NO_TRANS, <int>K, <int>G, <int>((k1 - k0) * B), <floating>1, xh, <int>K,
+             dz_ws + k0 * B * G, <int>G, <floating>(1 if k0 > 0 else 0), acc, <int>G)
+        k0 = k1
+    for e in range(I * G):
+        dw_x[e] += acc[e]
+    for e in range(H * G):
+        dw_h[e] += acc[I * G + e]
+    free(xh)
+    free(acc)
+    return True
 
 
 def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
