@@ -315,3 +315,212 @@ def test_loop_fixtures_fused_and_generic(case, generic, monkeypatch):
 
 def test_loop_fixtures_present():
     assert len(LOOPS) >= 4, "expected tf2onnx / Keras 3 export Loop fixtures (GRU, masked and hard_sigmoid LSTM)"
+
+
+# ---- predict(batch_size): the batch axis read from the graph -----------------------------------------------------
+# expected (input axes, output axes): the declared symbolic dim that reaches the RNN nodes' batch axis
+BATCH_AXES = {
+    "torch_ts_lstm_seqfirst_states_op14": ([1, 1, 1], [1, 1, 1]),        # time-major x, h0, c0 [1, B, H]
+    "torch_ts_lstm_packed_seqlens_op14": ([0, 0], [0, 1]),               # batch-first x + sequence_lens; Y_h
+    "torch_ts_gru_seq2seq_op14": ([0, 0], [0]),                          # two inputs, encoder state into decoder
+    "torch_dynamo_gru_bf": ([0], [0]),                                   # Shape arithmetic, Reshape of merged dims
+    "tf2onnx_textgen_timedistributed": ([0], [0]),                       # Reshape to (B*T, H) and back
+    "tf2onnx_lstm_go_backwards_seq": ([0], [0]),                         # ReverseSequence, lengths from Shape
+    "tf2onnx_bilstm_sum_seq_op18": ([0], [0]),                           # Tensordot: ReduceProd of dims
+    "k3export_bilstm_concat": ([0], [0]),
+    "tf2onnx_lstm_return_state": ([0], [0, 0, 0]),
+}
+BATCH_CASES = [c for c in GOOD if c["name"] in BATCH_AXES]
+
+
+def _feeds_by_dim_name(model, xin, rng, sizes=(7, 5, 4, 3)):
+    """The case's inputs re-drawn with each symbolic dim name at its own size (the same name, the same size)."""
+    by_name, feeds = {}, {}
+    for vi in model._input_infos:
+        a = xin[vi.name]
+        shape = []
+        for d, n in zip(vi.shape, a.shape):
+            if isinstance(d, int) and d > 0:
+                shape.append(n)
+            else:
+                shape.append(by_name.setdefault(d, sizes[len(by_name) % len(sizes)]))
+        if a.dtype.kind in "iu":                        # token ids (no padding) or lengths
+            b = rng.integers(1, max(int(a.max()), 1) + 1, shape).astype(a.dtype)
+        else:
+            b = rng.normal(0, 1, shape).astype(a.dtype)
+        feeds[vi.name] = b
+    return feeds
+
+
+def test_batch_axis_cases_present():
+    assert len(BATCH_CASES) == len(BATCH_AXES), sorted(set(BATCH_AXES) - {c["name"] for c in BATCH_CASES})
+
+
+@pytest.mark.parametrize("case", BATCH_CASES, ids=[c["name"] for c in BATCH_CASES])
+def test_predict_batch_size_matches_onnxruntime(case):
+    """predict(x, batch_size=k) splits every input along its batch axis (time-major inputs: axis 1) and joins
+    the outputs along theirs; onnxruntime on the whole batch is the oracle."""
+    path = os.path.join(DATA, case["file"])
+    model = fastlstm.load(path)
+    assert model.batch_axes == BATCH_AXES[case["name"]]
+    in_axes, _ = model.batch_axes
+    sess = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"])
+    xin = np.load(os.path.join(DATA, case["input_file"]))
+    feeds = _feeds_by_dim_name(model, xin, np.random.default_rng(11))
+    if case["name"] == "torch_ts_lstm_packed_seqlens_op14":        # packed sequences: sorted lengths <= T
+        x, lens = feeds[model.input_names[0]], model.input_names[1]
+        feeds[lens] = np.sort(np.random.default_rng(2).integers(1, x.shape[1] + 1, x.shape[0]))[::-1].astype(
+            feeds[lens].dtype)
+    n = feeds[model.input_names[0]].shape[in_axes[0]]
+    assert n >= 5
+    expected = sess.run(None, feeds)
+    for bs in (1, 2, n - 1, n, None):
+        got = model.predict(feeds, batch_size=bs)
+        got = got if isinstance(got, list) else [got]
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=2e-5, err_msg=f"batch_size={bs}")
+
+
+def _graph(nodes, inputs, outputs, inits=(), opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def _lstm_then(extra, out, H=3, I=2):
+    """X [T, N, I] -> LSTM -> Y_h [1, N, H] -> extra nodes -> out."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 4 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 4 * H, H)).astype(np.float32), "R")]
+    nodes = [helper.make_node("LSTM", ["X", "W", "R"], ["Y", "Y_h"], hidden_size=H)] + list(extra)
+    return _graph(nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])],
+                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+
+
+@pytest.mark.parametrize("name, extra, out", [
+    ("softmax_over_batch", [helper.make_node("Softmax", ["Y_h"], ["P"], axis=1)], "P"),
+    ("mean_over_batch", [helper.make_node("ReduceMean", ["Y_h"], ["P"], keepdims=1)], "P"),
+    ("reshape_merges_batch", [helper.make_node("Reshape", ["Y_h", "flat"], ["P"])], "P"),
+])
+def test_rows_that_mix_keep_the_whole_batch(tmp_path, name, extra, out):
+    """An op that mixes batch rows after the LSTM: no batch axis, so batch_size must not change the answer."""
+    m = _lstm_then(extra, out)
+    if name == "reshape_merges_batch":
+        m.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "flat"))
+    path = _write(tmp_path, m)
+    model = fastlstm.load(path)
+    assert model.batch_axes is None
+    x = np.random.default_rng(5).normal(size=(4, 6, 2)).astype(np.float32)
+    expected = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    for bs in (1, 4, None):
+        np.testing.assert_allclose(model.predict(x, batch_size=bs), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ambiguous_batch_axis_runs_whole(tmp_path):
+    """Two symbolic dims and no RNN node to tell which one is the batch: the whole input runs at once."""
+    m = _graph([helper.make_node("Relu", ["X"], ["Y"])],
+               [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["a", "b"])],
+               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = fastlstm.load(_write(tmp_path, m))
+    assert model.batch_axes is None
+    x = np.random.default_rng(6).normal(size=(3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x, batch_size=1), np.maximum(x, 0))
+    with pytest.raises(ValueError, match="batch_size"):
+        model.predict(x, batch_size=0)
+
+
+def test_threads_split_the_batch(tmp_path):
+    """With 2 threads and no batch_size, a large batch runs as two slices (the kernels release the GIL); the
+    answer is onnxruntime's."""
+    case = next(c for c in GOOD if c["name"] == "torch_ts_lstm_seqfirst_states_op14")
+    path = os.path.join(DATA, case["file"])
+    model = fastlstm.load(path)
+    rng = np.random.default_rng(8)
+    feeds = {"x": rng.normal(size=(6, 40, 4)).astype(np.float32),
+             "h0": rng.normal(size=(1, 40, 6)).astype(np.float32),
+             "c0": rng.normal(size=(1, 40, 6)).astype(np.float32)}
+    expected = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"]).run(None, feeds)
+    saved = fastlstm.config.NUM_THREADS
+    try:
+        fastlstm.set_num_threads(2)
+        xs = model._normalize_inputs(feeds)
+        assert model._chunks(xs, model.batch_axes[0], None, 2) == [(0, 20), (20, 40)]
+        got = model.predict(feeds)
+    finally:
+        fastlstm.set_num_threads(saved)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=2e-5)
+
+
+def test_shape_only_values_cached_per_input_shape(tmp_path):
+    """Shape -> ... -> ConstantOfShape chains run once per input shape and are reused; alternating shapes stay
+    right, and a graph output that is such a value is the caller's own copy."""
+    rng = np.random.default_rng(0)
+    H, I = 3, 2
+    consts = {"W": rng.normal(size=(1, 4 * H, I)).astype(np.float32),
+              "R": rng.normal(size=(1, 4 * H, H)).astype(np.float32),
+              "one": np.array([1], np.int64), "two": np.array([2], np.int64), "units": np.array([H], np.int64)}
+    nodes = [helper.make_node("Shape", ["X"], ["shp"]),
+             helper.make_node("Slice", ["shp", "one", "two"], ["n"]),
+             helper.make_node("Concat", ["one", "n", "units"], ["h0_shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["h0_shape"], ["h0"]),
+             helper.make_node("LSTM", ["X", "W", "R", "", "", "h0"], ["Y", "Y_h"], hidden_size=H),
+             helper.make_node("Identity", ["shp"], ["shp_out"])]
+    m = _graph(nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])],
+               [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("shp_out", TensorProto.INT64, None)],
+               [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    path = _write(tmp_path, m)
+    model = fastlstm.load(path)
+    assert len(model._plan.shape_steps) == 5 and [s.node.op_type for s in model._plan.data_steps] == ["LSTM"]
+    sess = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(9)
+    for T, N in [(5, 3), (4, 2), (5, 3), (2, 6)]:
+        x = rng.normal(size=(T, N, I)).astype(np.float32)
+        got = model.predict(x)
+        exp = sess.run(None, {"X": x})
+        np.testing.assert_allclose(got[0], exp[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[1], exp[1])
+        got[1][:] = -1                                  # the caller's copy: the cached value is untouched
+    assert len(model._plan.cache) == 3
+
+
+def test_identity_output_is_a_copy(tmp_path):
+    """An output that is an input passed through Identity is a new array, as onnxruntime returns."""
+    m = _graph([helper.make_node("Identity", ["X"], ["Y"])],
+               [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 2])],
+               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = fastlstm.load(_write(tmp_path, m))
+    x = np.ones((3, 2), np.float32)
+    y = model.predict(x)
+    y[:] = 5
+    np.testing.assert_array_equal(x, 1)
+
+
+@pytest.mark.parametrize("name", ["torch_ts_lstm_seqfirst_states_op14", "tf2onnx_bilstm_sum_seq_op18",
+                                  "torch_ts_gru_seq2seq_op14", "tf2onnx_lstm_return_state", "k3export_gru_loop"])
+def test_outputs_survive_later_calls(name):
+    """predict reuses the RNN nodes' work arrays between calls: the arrays it returned earlier must not change
+    when the model runs again (same shapes, other values), in one thread or several."""
+    case = next(c for c in GOOD if c["name"] == name)
+    path = os.path.join(DATA, case["file"])
+    model = fastlstm.load(path)
+    sess = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"])
+    xin = np.load(os.path.join(DATA, case["input_file"]))
+    feeds = [_feeds_by_dim_name(model, xin, np.random.default_rng(s)) for s in range(3)]
+    firsts = [model.predict(f) for f in feeds]
+    firsts = [f if isinstance(f, list) else [f] for f in firsts]
+    kept = [[np.array(o) for o in f] for f in firsts]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(3) as pool:
+        again = list(pool.map(model.predict, feeds * 4))
+    for f, k, fd in zip(firsts, kept, feeds):
+        exp = sess.run(None, fd)
+        for o, ko, e in zip(f, k, exp):
+            np.testing.assert_array_equal(o, ko)
+            np.testing.assert_allclose(o, e, rtol=1e-4, atol=2e-5)
+    for a, fd in zip(again, feeds * 4):
+        for o, e in zip(a if isinstance(a, list) else [a], sess.run(None, fd)):
+            np.testing.assert_allclose(o, e, rtol=1e-4, atol=2e-5)

@@ -6,7 +6,12 @@ and the fused LSTM/GRU kernels.
       -> compile the graph: every node becomes a `run(*inputs)` closure built once (attributes read and checked,
          LSTM/GRU weights converted to the kernels' layout, Loop bodies compiled or mapped to fused kernels)
       -> fold constants: nodes whose inputs are all known at load run once, now
-      -> OnnxModel.predict runs the remaining steps in order
+      -> plan (_RunPlan): split the remaining steps into shape-only ones (Shape -> ... -> ConstantOfShape: they
+         depend on the input shapes alone, so predict caches their values per input signature) and data ones;
+         Identity / inference Dropout become aliases
+      -> OnnxModel.predict runs the data steps in order (all steps on a new input signature); the RNN nodes
+         reuse their work arrays between calls (onnx_rnn); batch_size / threads split the inputs along the batch
+         axis that onnx_batch.py reads from the graph
 
 Errors found at load (ModelLoadError naming file, node and op): unparsable or truncated protobuf, operators
 outside the supported set, inputs that nothing provides (missing initializer), absent external data files,
@@ -18,13 +23,15 @@ import os
 
 import numpy as np
 
+from .. import config
 from ..errors import ModelLoadError
-from ..model import Model
-from . import onnx_proto
-from .onnx_ops import OPS
+from ..model import PREDICT_MAX_ROWS, PREDICT_MIN_ROWS_PER_THREAD, Model
+from . import onnx_proto, onnx_rnn
+from .onnx_ops import ELEMENTWISE, OPS
 
 SUPPORTED_DOMAINS = ("", "ai.onnx")
 _MISSING = object()
+_UNSET = object()
 
 
 class NodeView:
@@ -77,10 +84,41 @@ class Context:
 
 
 class Step:
-    __slots__ = ("run", "inputs", "outputs", "node")
+    """One node at run time. `args` / `outs` are the names as `_run_steps` reads and writes them: an absent
+    optional input is "" (which the run environment maps to None), an omitted output writes to _SINK."""
+    __slots__ = ("run", "inputs", "outputs", "node", "args", "outs")
 
     def __init__(self, run, inputs, outputs, node):
         self.run, self.inputs, self.outputs, self.node = run, inputs, outputs, node
+        self.args = tuple(inputs)
+        self.outs = tuple(o or _SINK for o in outputs)
+
+
+_SINK = "\x00omitted"
+
+
+def _compile_steps(steps):
+    """Steps as the tuples _run_steps iterates: (run, args, the one output or None, outs, step)."""
+    return [(st.run, st.args, st.outs[0] if len(st.outs) == 1 else None, st.outs, st) for st in steps]
+
+
+def _run_steps(steps, env):
+    """Run compiled `steps` (_compile_steps) on `env` ({name: value}, with env[""] = None); a failing node raises
+    _StepError naming it."""
+    st = None
+    try:
+        for run, args, out, outs, st in steps:
+            vals = run(*[env[n] for n in args])
+            if out is not None:
+                env[out] = vals[0]
+            else:
+                for name, v in zip(outs, vals):
+                    env[name] = v
+    except (ValueError, TypeError, IndexError, KeyError, FloatingPointError, ArithmeticError) as e:
+        if st is None or isinstance(e, _StepError):
+            raise
+        n = st.node
+        raise _StepError(f"ONNX node {_label(n)} (op {n.op_type}) failed: {type(e).__name__}: {e}") from e
 
 
 class Program:
@@ -96,6 +134,7 @@ class Program:
         self.runtime = set()         # names produced at run time in this scope (inputs, non-constant outputs)
         self.outer = []              # runtime names of enclosing scopes that the steps read
         self.steps = []
+        self._compiled = None
         where = f" (in the body of node {owner.label})" if owner is not None else ""
         for t in graph.initializers:
             try:
@@ -201,18 +240,10 @@ class Program:
     # ---- running ------------------------------------------------------------------------------------------
     def run(self, env):
         """Run the steps on `env` (a dict holding this program's inputs and outer values); returns env."""
-        step = None
-        try:
-            for step in self.steps:
-                outs = step.run(*[env[n] if n else None for n in step.inputs])
-                for name, v in zip(step.outputs, outs):
-                    if name:
-                        env[name] = v
-        except (ValueError, TypeError, IndexError, KeyError, FloatingPointError, ArithmeticError) as e:
-            if step is None or isinstance(e, _StepError):
-                raise
-            n = step.node
-            raise _StepError(f"ONNX node {_label(n)} (op {n.op_type}) failed: {type(e).__name__}: {e}") from e
+        if self._compiled is None or len(self._compiled) != len(self.steps):
+            self._compiled = _compile_steps(self.steps)
+        env[""] = None
+        _run_steps(self._compiled, env)
         return env
 
     def env_for(self, outer_env):
@@ -283,6 +314,118 @@ def _inline(call, fn, ctx, depth=0):
             yield new
 
 
+# ---- how predict runs the main graph ---------------------------------------------------------------------------
+# Shape-only values: the graph's Shape -> Gather -> Concat -> ConstantOfShape chains (initial states, reshape
+# targets) depend only on the input shapes. predict computes them once per input signature (shapes, dtypes) and
+# then runs only the data steps: at batch 1 each small NumPy op costs about as much as 1% of the LSTM itself.
+
+# ops whose output shapes follow from the input shapes alone, except for the inputs at these positions, whose
+# values matter (shape parameters); anything else (NonZero, Loop, If, ...) may depend on the data
+_SHAPE_PARAMS = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,),
+    "Split": (1,), "Pad": (1, 3), "ConstantOfShape": (0,), "OneHot": (1,), "Range": (0, 1, 2), "TopK": (1,),
+    "CumSum": (), "Shape": (), "Size": (),
+}
+_SHAPE_STABLE = ELEMENTWISE | set(_SHAPE_PARAMS) | {
+    "MatMul", "Gemm", "Transpose", "Concat", "Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements",
+    "Scatter", "Flatten", "Softmax", "LogSoftmax", "LSTM", "GRU", "RNN", "Dropout", "LayerNormalization",
+    "BatchNormalization", "ReverseSequence", "ArgMax", "ArgMin", "Einsum", "CastLike", "EyeLike", "Trilu"} | \
+    {n for n in OPS if n.startswith("Reduce")}
+_SHAPE_CACHE_ENTRIES = 8                 # input signatures remembered per model
+_SHAPE_CACHE_MAX_BYTES = 1 << 22         # a signature whose shape-only values are larger is not cached
+
+
+class _RunPlan:
+    """What OnnxModel.predict runs, decided once at load.
+
+    shape_steps: steps whose outputs depend only on the input shapes (cached per input signature);
+    data_steps: the rest, with Identity / inference Dropout nodes removed (their outputs alias their inputs);
+    all_steps: both, in graph order (a cache miss runs these);
+    outputs: the graph output names after aliasing.
+    """
+
+    def __init__(self, program):
+        self.program = program
+        is_const = lambda n: not n or program.lookup_const(n) is not None      # noqa: E731
+        shape_known = {vi.name for vi in program.inputs}         # values whose shape follows from input shapes
+        shape_only = set()                                       # values that follow from input shapes
+        self.shape_steps, self.data_steps, self.all_steps = [], [], []
+        alias = {}
+        for st in program.steps:
+            op = st.node.op_type
+            ins = [alias.get(n, n) for n in st.inputs]
+            if op in ("Shape", "Size") and (ins[0] in shape_known or is_const(ins[0])):
+                only = True
+            else:
+                only = all(is_const(n) or n in shape_only for n in ins)
+            outs = [o for o in st.outputs if o]
+            if only:
+                shape_only.update(outs)
+                shape_known.update(outs)
+                step = Step(st.run, ins, list(st.outputs), st.node)
+                self.shape_steps.append(step)
+                self.all_steps.append(step)
+                continue
+            params = _SHAPE_PARAMS.get(op, ())
+            if op in _SHAPE_STABLE and all(is_const(n) or n in shape_only or (k not in params and n in shape_known)
+                                           for k, n in enumerate(ins)):
+                shape_known.update(outs)
+            if op == "Identity" or (op == "Dropout" and len(outs) == 1 and st.outputs[0]):
+                alias[st.outputs[0]] = ins[0]
+                continue
+            step = Step(st.run, ins, list(st.outputs), st.node)
+            self.data_steps.append(step)
+            self.all_steps.append(step)
+        self.shape_values = [o for st in self.shape_steps for o in st.outputs if o]
+        self.outputs = [alias.get(n, n) for n in program.output_names]
+        # outputs that predict must copy even when they are fresh-looking arrays: cached shape-only values,
+        # constants and inputs passed straight through belong to the model or to the caller
+        keep = set(self.shape_values) | {vi.name for vi in program.inputs}
+        self.copy_always = [n in keep or program.lookup_const(n) is not None for n in self.outputs]
+        self.cache = {}
+        self._all, self._data = _compile_steps(self.all_steps), _compile_steps(self.data_steps)
+        # the constants each list of steps reads (not every initializer: fewer entries to copy per call)
+        self._all_consts = self._consts_read(self.all_steps)
+        self._data_consts = self._consts_read(self.data_steps)
+
+    def _consts_read(self, steps):
+        prog = self.program
+        names = {n for st in steps for n in st.args if n} | set(self.outputs)
+        return {n: prog.consts[n] for n in names if n in prog.consts}
+
+    def run(self, names, xs):
+        """The graph outputs (list, `outputs` order) for inputs xs (checked arrays, in `names` order)."""
+        key = cached = None
+        if self.shape_steps:
+            key = tuple([(a.shape, a.dtype.char) for a in xs])
+            cached = self.cache.get(key)
+        if cached is not None:
+            env = dict(self._data_consts)
+            env[""] = None
+            env.update(zip(names, xs))
+            env.update(cached)
+            _run_steps(self._data, env)
+        else:                                    # in graph order: a Shape may read a data value
+            env = dict(self._all_consts)
+            env[""] = None
+            env.update(zip(names, xs))
+            _run_steps(self._all, env)
+            if key is not None:
+                self._remember(key, {n: env[n] for n in self.shape_values})
+        return [env[n] for n in self.outputs]
+
+    def _remember(self, key, values):
+        if sum(getattr(v, "nbytes", 0) for v in values.values()) > _SHAPE_CACHE_MAX_BYTES:
+            return
+        cache = self.cache
+        while len(cache) >= _SHAPE_CACHE_ENTRIES:
+            try:
+                cache.pop(next(iter(cache)))
+            except (KeyError, StopIteration, RuntimeError):     # another thread changed it: good enough
+                break
+        cache[key] = values
+
+
 # ---- the model ----------------------------------------------------------------------------------------------
 class OnnxModel(Model):
     """An ONNX graph with fastlstm's model API.
@@ -299,6 +442,7 @@ class OnnxModel(Model):
         self.path = path
         self._program = program
         self._input_infos = program.inputs
+        self._input_specs = [_input_spec(vi) for vi in program.inputs]
         self.input_names = [vi.name for vi in program.inputs]
         self.output_names = list(program.output_names)
         self.inputs, self.outputs, self._nodes, self.layers = [], [], [], []
@@ -306,6 +450,18 @@ class OnnxModel(Model):
         self.opset = model_proto.opsets.get("", 1)
         self.producer = f"{model_proto.producer_name} {model_proto.producer_version}".strip()
         self.loops = list(program.ctx.loops)
+        self._plan = _RunPlan(program)
+        self._batch_axes = _UNSET
+
+    @property
+    def batch_axes(self):
+        """(input axes, output axes): the axis of each input and output that holds independent batch rows, or
+        None when the graph does not say unambiguously (then predict runs the whole input at once). Worked out
+        on first use (find_batch_axes)."""
+        if self._batch_axes is _UNSET:
+            from .onnx_batch import find_batch_axes      # imported on first use: not on the load path
+            self._batch_axes = find_batch_axes(self._program, self._plan)
+        return self._batch_axes
 
     def _normalize_inputs(self, x):
         names = self.input_names
@@ -321,7 +477,7 @@ class OnnxModel(Model):
             xs = [x]
         if len(xs) != len(names):
             raise ValueError(f"model {self.name!r} expects {len(names)} input(s) {names}, got {len(xs)}")
-        return [_check_input(vi, a) for vi, a in zip(self._input_infos, xs)]
+        return [_check_input(spec, a) for spec, a in zip(self._input_specs, xs)]
 
     def predict(self, x, batch_size=None, verbose=0):
         """Run the graph.
@@ -329,25 +485,70 @@ class OnnxModel(Model):
         Parameters
         ----------
         x : array, list of arrays (input_names order) or dict {input name: array}, shaped as the graph
-            declares its inputs.
-        batch_size : ignored. ONNX graphs do not say which axis is the batch, so the graph always runs on the
-            whole input at once (the kernels handle any batch size).
+            declares its inputs (often time-major: (T, N, features)).
+        batch_size : int, optional
+            Rows per run. The batch axis of each input and output is read from the graph (`batch_axes`: the
+            symbolic input dim that reaches the RNN nodes' batch axis, axis 1 of a time-major X); with
+            threads > 1 (`fastlstm.set_num_threads`) and no batch_size, large batches are split across the
+            threads as Model.predict does. When the batch axis is ambiguous (no RNN node pins it down, a Loop
+            or an op that may mix rows sits between input and output, several symbolic dims fit), the whole
+            input runs at once and batch_size is ignored.
 
         Returns
         -------
         One array for a one-output graph, else a list in `output_names` order.
         """
         xs = self._normalize_inputs(x)
-        prog = self._program
-        env = dict(prog.consts)
-        env.update(zip(self.input_names, xs))
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        threads = max(1, int(config.NUM_THREADS))
+        chunks = None
+        if batch_size is not None or threads > 1:
+            axes = self.batch_axes
+            if axes is not None:
+                chunks = self._chunks(xs, axes[0], batch_size, threads)
+        if chunks is None:
+            outs = self._run(xs)
+        else:
+            in_axes, out_axes = self.batch_axes
+            run = lambda c: self._run([_take(a, ax, c) for a, ax in zip(xs, in_axes)])    # noqa: E731
+            if threads > 1:
+                from ..model import _blas_single_thread, _predict_pool
+                with _blas_single_thread():       # the parallelism is across rows; BLAS threads would oversubscribe
+                    parts = list(_predict_pool(threads).map(run, chunks))
+            else:
+                parts = [run(c) for c in chunks]
+            outs = [np.concatenate([p[k] for p in parts], axis=ax) for k, ax in enumerate(out_axes)]
+        return outs[0] if self._single_output else outs
+
+    def _chunks(self, xs, in_axes, batch_size, threads):
+        """[(start, stop), ...] row ranges along the batch axis, or None for one run on everything."""
+        sizes = {a.shape[ax] for a, ax in zip(xs, in_axes)}
+        if len(sizes) != 1:
+            return None                           # inconsistent batch sizes: let the graph report it
+        n = sizes.pop()
+        if batch_size is None:                    # as Model.predict: a slice of rows per thread when it pays
+            if n < 2 * PREDICT_MIN_ROWS_PER_THREAD and n <= PREDICT_MAX_ROWS:
+                return None
+            k = min(threads, n // PREDICT_MIN_ROWS_PER_THREAD)
+            k = max(k, 1, -(-n // PREDICT_MAX_ROWS))
+            chunks = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+        else:
+            chunks = [(s, min(n, s + int(batch_size))) for s in range(0, n, int(batch_size))]
+        return chunks if len(chunks) > 1 else None
+
+    def _run(self, xs):
+        """One run of the graph on checked inputs: the outputs as fresh arrays the caller owns."""
+        plan = self._plan
+        token = onnx_rnn.begin_run()              # RNN outputs in reused arrays, given back below
         try:
-            prog.run(env)
+            outs = plan.run(self.input_names, xs)
+            return [np.array(o) if keep or o.base is not None or not o.flags.writeable else o
+                    for o, keep in zip(outs, plan.copy_always)]
         except _StepError as e:
             raise ValueError(f"model {self.name!r}: {e}") from e.__cause__
-        outs = [env[n] for n in self.output_names]
-        outs = [np.array(o) if o.base is not None or not o.flags.writeable else o for o in outs]
-        return outs[0] if self._single_output else outs
+        finally:
+            onnx_rnn.end_run(token)
 
     def __call__(self, x, training=False):
         return self.predict(x)
@@ -400,32 +601,46 @@ class OnnxModel(Model):
             f.write(self._bytes)
 
 
+def _take(a, axis, rows):
+    """a[..., start:stop, ...] along `axis` (a view)."""
+    return a[(slice(None),) * axis + (slice(rows[0], rows[1]),)]
+
+
 def _fmt_vi(vi):
     dt = onnx_proto.DTYPE_NAMES.get(vi.elem_type, "?")
     shape = "?" if vi.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in vi.shape) + "]"
     return f"{dt} {shape}"
 
 
-def _check_input(vi, a):
-    a = np.asarray(a)
-    want = onnx_proto.DTYPES.get(vi.elem_type)
-    if want is not None:
-        want = want.newbyteorder("=")
-        if a.dtype != want:
-            if a.dtype.kind not in "fiub":
-                raise TypeError(f"input {vi.name!r} must be a numeric array of {want.name}, got dtype {a.dtype}")
-            if want.kind in "iu" and a.dtype.kind == "f":
-                if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
-                    raise TypeError(f"input {vi.name!r} expects {want.name} values, got non-integer {a.dtype}")
-            if want.kind == "b" and a.dtype.kind != "b":
-                raise TypeError(f"input {vi.name!r} expects bool, got {a.dtype}")
-            a = a.astype(want)
-    if vi.shape is not None:
-        if a.ndim != len(vi.shape):
-            raise ValueError(f"input {vi.name!r} expects rank {len(vi.shape)} with shape {_fmt_vi(vi)}, "
-                             f"got shape {a.shape}")
-        for d, n in zip(vi.shape, a.shape):
-            if isinstance(d, int) and d > 0 and d != n:
+_NATIVE_DTYPES = {k: np.dtype(v).newbyteorder("=") for k, v in onnx_proto.DTYPES.items()}
+
+
+def _input_spec(vi):
+    """What _check_input needs of a graph input: (value info, dtype or None, rank or None, fixed dims)."""
+    fixed = () if vi.shape is None else tuple((k, d) for k, d in enumerate(vi.shape) if isinstance(d, int) and d > 0)
+    return vi, _NATIVE_DTYPES.get(vi.elem_type), None if vi.shape is None else len(vi.shape), fixed
+
+
+def _check_input(spec, a):
+    """a as an array of the declared dtype (converted when that is lossless in kind), with the declared rank and
+    fixed dims (onnxruntime's checks)."""
+    vi, want, rank, fixed = spec
+    if type(a) is not np.ndarray:
+        a = np.asarray(a)
+    if want is not None and a.dtype != want:
+        if a.dtype.kind not in "fiub":
+            raise TypeError(f"input {vi.name!r} must be a numeric array of {want.name}, got dtype {a.dtype}")
+        if want.kind in "iu" and a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+                raise TypeError(f"input {vi.name!r} expects {want.name} values, got non-integer {a.dtype}")
+        if want.kind == "b" and a.dtype.kind != "b":
+            raise TypeError(f"input {vi.name!r} expects bool, got {a.dtype}")
+        a = a.astype(want)
+    if rank is not None:
+        if a.ndim != rank:
+            raise ValueError(f"input {vi.name!r} expects rank {rank} with shape {_fmt_vi(vi)}, got shape {a.shape}")
+        for k, d in fixed:
+            if a.shape[k] != d:
                 raise ValueError(f"input {vi.name!r} expects shape {_fmt_vi(vi)}, got {a.shape}")
     return a
 
@@ -458,7 +673,7 @@ def load_onnx(path):
 
 def load_onnx_bytes(buf, path="<bytes>"):
     """Load a serialized ONNX model from memory; `path` names it in messages and anchors external data."""
-    from . import onnx_loop, onnx_rnn  # noqa: F401 - importing registers the LSTM/GRU/RNN and Loop/If/Scan ops
+    from . import onnx_loop  # noqa: F401 - importing registers the Loop/If/Scan ops (onnx_rnn: LSTM/GRU/RNN)
     try:
         proto = onnx_proto.parse_model(buf)
     except onnx_proto.ProtoError as e:

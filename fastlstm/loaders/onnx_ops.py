@@ -209,6 +209,13 @@ for _name, _fn in _BINARY.items():
     OPS[_name] = _binary_builder(_fn)
 
 
+# Elementwise with NumPy broadcasting: output element i reads only the input elements broadcast to i (the
+# batch-axis analysis in onnx_batch.py and the shape-only planning in onnx.py rely on this list)
+ELEMENTWISE = frozenset(_UNARY) | frozenset(_BINARY) | {
+    "Identity", "IsInf", "LeakyRelu", "Elu", "Celu", "Selu", "HardSigmoid", "HardSwish", "ThresholdedRelu", "Mish",
+    "Erf", "Gelu", "PRelu", "Clip", "Mod", "Max", "Min", "Sum", "Mean", "Where", "Cast"}
+
+
 @op("Mod")
 def _mod(node):
     fmod = node.attr("fmod", 0)
@@ -532,7 +539,16 @@ def _squeeze(x, axes):
 
 
 def _unsqueeze(x, axes):
-    return np.expand_dims(x, tuple(axes))         # axes relative to the output rank, negative allowed
+    """x with size-1 dims inserted at `axes` (relative to the output rank, negative allowed): a reshape, which
+    costs less than np.expand_dims."""
+    rank = x.ndim + len(axes)
+    at = sorted(a + rank if a < 0 else a for a in axes)
+    if len(set(at)) != len(at) or (at and (at[0] < 0 or at[-1] >= rank)):
+        raise ValueError(f"Unsqueeze: axes {list(axes)} are out of range or repeated for output rank {rank}")
+    shape = list(x.shape)
+    for a in at:
+        shape.insert(a, 1)
+    return x.reshape(shape)
 
 
 @op("Squeeze")
@@ -541,7 +557,7 @@ def _squeeze_op(node):
         known = node.const(1)
         if known is not None:
             ax = tuple(_axes_list(known))
-            return lambda x, _=None: (np.squeeze(x, axis=ax) if ax else np.squeeze(x),)
+            return lambda x, _=None: (x.squeeze(ax) if ax else x.squeeze(),)
         return lambda x, axes=None: (_squeeze(x, None if axes is None else _axes_list(axes)),)
     axes = node.attr("axes", None)
     return lambda x: (_squeeze(x, axes),)
@@ -553,7 +569,7 @@ def _unsqueeze_op(node):
         known = node.const(1)
         if known is not None:
             ax = tuple(_axes_list(known))
-            return lambda x, _=None: (np.expand_dims(x, ax),)
+            return lambda x, _=None: (_unsqueeze(x, ax),)
         return lambda x, axes: (_unsqueeze(x, _axes_list(axes)),)
     axes = node.attr("axes", None)
     if axes is None:
@@ -564,7 +580,10 @@ def _unsqueeze_op(node):
 @op("Transpose")
 def _transpose(node):
     perm = node.attr("perm", None)
-    return lambda x: (np.transpose(x, perm),)
+    if perm is None:
+        return lambda x: (x.transpose(),)
+    perm = tuple(perm)
+    return lambda x: (x.transpose(perm),)
 
 
 @op("Concat")

@@ -20,6 +20,9 @@ Elu 1.0, and 0 for everything else (Affine, ThresholdedRelu, ScaledTanh) -- the 
 ops" (Affine 1.0, ThresholdedRelu 1.0), but onnxruntime, the runtime these files are checked against, uses 0
 (verified on onnxruntime 1.32; tests/test_onnx_property.py).
 """
+import math
+import threading
+
 import numpy as np
 
 from .._kernels import acts
@@ -73,12 +76,21 @@ def _reorder(m, H, order):
     return np.concatenate([m[k * H:(k + 1) * H] for k in order], axis=0)
 
 
+def _reorder_t(m, H, order, dtype):
+    """_reorder(m, H, order).T as a C-contiguous `dtype` array, in one pass (load time: the weights of a
+    512-unit layer are 8 MB)."""
+    out = np.empty((m.shape[1], len(order) * H), dtype)
+    for j, k in enumerate(order):
+        out[:, j * H:(j + 1) * H] = m[k * H:(k + 1) * H].T
+    return out
+
+
 def convert_lstm(W, R, B, P, H, dtype):
     """ONNX LSTM weights -> per direction dict(w_x (I, 4H), w_h (H, 4H), b (4H,), p (3, H) | (0, H))."""
     out = []
     for d in range(W.shape[0]):
-        w_x = np.ascontiguousarray(_reorder(W[d], H, LSTM_GATE_ORDER).T, dtype=dtype)
-        w_h = np.ascontiguousarray(_reorder(R[d], H, LSTM_GATE_ORDER).T, dtype=dtype)
+        w_x = _reorder_t(W[d], H, LSTM_GATE_ORDER, dtype)
+        w_h = _reorder_t(R[d], H, LSTM_GATE_ORDER, dtype)
         if B is None:
             b = np.zeros(4 * H, dtype)
         else:
@@ -108,17 +120,44 @@ def convert_gru(W, R, B, H, dtype):
     return out
 
 
+_NO_MASK = np.zeros((0, 0), np.uint8)      # the kernels' "every step valid" (read only by them)
+# While OnnxModel.predict runs the graph (begin_run .. end_run, per thread), the RNN outputs Y come from the
+# nodes' work arrays too and go back when the run ends: predict hands the caller copies of its outputs (every Y
+# reaches an output as a view: Y = y[:, None], then Squeeze / Transpose / Slice), so nothing outlives the run.
+_RUN = threading.local()
+
+
+def begin_run():
+    """Start collecting the work arrays that this thread's RNN nodes hand out as outputs; returns a token."""
+    saved = getattr(_RUN, "pending", None)
+    _RUN.pending = []
+    return saved
+
+
+def end_run(token):
+    """Give the arrays collected since begin_run back to their nodes (the run's values must be dead)."""
+    pending, _RUN.pending = _RUN.pending, token
+    for node, a in pending:
+        node._give_back(a)
+
+
+_SCRATCH_KEEP_BYTES = 1 << 28              # a node keeps work arrays of up to this size ...
+_SCRATCH_KEEP = 4                          # ... of this many different sizes, two of each
+_KERNEL_DTYPES = {np.dtype(np.float32), np.dtype(np.float64)}
+_F32 = np.dtype(np.float32)
+
+
 def lengths_mask(seq_lens, T, N):
     """sequence_lens [N] -> (lens int64 (N,) | None, kernel mask (T, N) uint8 | (0, 0)). None/all-T: no mask."""
     if seq_lens is None:
-        return None, np.zeros((0, 0), np.uint8)
+        return None, _NO_MASK
     lens = np.asarray(seq_lens).reshape(-1).astype(np.int64)
     if lens.shape[0] != N:
         raise ValueError(f"sequence_lens has {lens.shape[0]} entries for a batch of {N}")
     if lens.size and (lens.min() < 0 or lens.max() > T):
         raise ValueError(f"sequence_lens must be in [0, {T}] (the sequence length), got {lens.tolist()}")
     if np.all(lens == T):
-        return None, np.zeros((0, 0), np.uint8)
+        return None, _NO_MASK
     return lens, (np.arange(T)[:, None] < lens[None, :]).astype(np.uint8)
 
 
@@ -158,6 +197,7 @@ class _RnnNode:
         self.const_weights = W is not None and R is not None and all(
             c is not None or k >= len(view.inputs) or not view.inputs[k] for k, c in zip(self.weight_inputs, consts))
         self._params = {}
+        self._scratch_pool = {}          # (size, dtype char) -> flat work arrays kept between calls (_scratch)
         if self.const_weights:
             self._check_weights(*consts)
             self._weights = consts
@@ -190,7 +230,7 @@ class _RnnNode:
         if X.ndim != 3:
             raise ValueError(f"X must be 3-D, got shape {X.shape}")
         out_dtype = X.dtype
-        dt = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+        dt = out_dtype if out_dtype in _KERNEL_DTYPES else _F32
         if self.layout == 1:
             X = np.swapaxes(X, 0, 1)
             h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
@@ -204,7 +244,11 @@ class _RnnNode:
             prm = self.params(dt, ws)
         if prm[0]["w_x"].shape[0] != I:
             raise ValueError(f"X has input_size {I}, W expects {prm[0]['w_x'].shape[0]}")
-        x = np.ascontiguousarray(X, dtype=dt)
+        if X.dtype == dt and X.flags.c_contiguous:
+            x = X
+        else:                               # time-major copy of a transposed view (batch-first graphs)
+            x = self._scratch(X.shape, dt)
+            np.copyto(x, X)
         lens, mask = lengths_mask(seq, T, N)
         ys, finals = [], []
         for d in range(self.D):
@@ -218,6 +262,8 @@ class _RnnNode:
                         s[empty] = 0
             ys.append(y)
             finals.append(fin)
+        if x is not X:
+            self._give_back(x)
         Y = ys[0][:, None] if self.D == 1 else np.stack(ys, axis=1)                    # (T, D, N, H)
         outs = [Y] + [finals[0][k][None] if self.D == 1 else np.stack([f[k] for f in finals])
                       for k in range(self.n_states)]                                    # (D, N, H)
@@ -227,10 +273,55 @@ class _RnnNode:
             outs = [o.astype(out_dtype) for o in outs]
         return tuple(outs)
 
+    def _scratch(self, shape, dt):
+        """A C-contiguous work array of `shape` (contents undefined), one that an earlier call gave back
+        (_give_back) when one of that size is free.
+
+        Why: a fresh multi-MB array per call costs page faults and zeroing (a transposed copy of the batch-256
+        input: 7 ms into new memory, 6 ms into reused), and at batch 1 the churn of a few hundred KB at the top
+        of the heap made glibc trim and re-fault it on some calls: 160 page faults, +60% per call, measured in
+        a process that also ran onnxruntime. dict / list operations are atomic, so concurrent predict threads
+        never share an array."""
+        n = math.prod(shape)
+        free = self._scratch_pool.get((n, dt.char))
+        buf = None
+        if free:
+            try:
+                buf = free.pop()
+            except IndexError:              # another thread took it
+                pass
+        if buf is None:
+            buf = np.empty(n, dt)
+        return buf.reshape(shape)
+
+    def _output(self, shape, dt):
+        """An array for an output of this call: a work array when a predict run collects them (begin_run)."""
+        pending = getattr(_RUN, "pending", None)
+        if pending is None:
+            return np.empty(shape, dt)
+        a = self._scratch(shape, dt)
+        pending.append((self, a))
+        return a
+
+    def _give_back(self, *arrays):
+        pool = self._scratch_pool
+        for a in arrays:
+            flat = a.base if a.base is not None else a
+            if flat.nbytes > _SCRATCH_KEEP_BYTES:
+                continue
+            key = (flat.size, flat.dtype.char)
+            free = pool.get(key)
+            if free is None:
+                if len(pool) >= _SCRATCH_KEEP:
+                    pool.clear()            # the shapes keep changing: keep the latest ones only
+                free = pool.setdefault(key, [])
+            if len(free) < 2:
+                free.append(flat)
+
     def _state(self, s, d, N, dt):
         if s is None:
             return np.zeros((N, self.H), dt)
-        if s.shape[1:] != (N, self.H) or s.shape[0] != self.D:
+        if s.shape != (self.D, N, self.H):
             raise ValueError(f"initial state must have shape [{self.D}, {N}, {self.H}], got {list(s.shape)}")
         return np.ascontiguousarray(s[d], dtype=dt)
 
@@ -251,12 +342,14 @@ class LstmNode(_RnnNode):
     def run_direction(self, x, p, states, mask, d, dt):
         T, N, _ = x.shape
         H = self.H
-        y = np.empty((T, N, H), dt)
+        y = self._output((T, N, H), dt)
         hT, cT = np.empty((N, H), dt), np.empty((N, H), dt)
         codes, ab = self.acts[d]
+        z = self._scratch((T, N, 4 * H), dt)
         get_backend().lstm_forward(x, p["w_x"], p["w_h"], p["b"], p["p"], states[0], states[1], mask, codes, ab,
                                    self.clip, self.input_forget, self.reverse or d == 1,
-                                   np.empty((T, N, 4 * H), dt), y, hT, cT, _none3(dt), _none3(dt))
+                                   z, y, hT, cT, _none3(dt), _none3(dt))
+        self._give_back(z)
         return y, [hT, cT]
 
 
@@ -275,12 +368,14 @@ class GruNode(_RnnNode):
     def run_direction(self, x, p, states, mask, d, dt):
         T, N, _ = x.shape
         H = self.H
-        y = np.empty((T, N, H), dt)
+        y = self._output((T, N, H), dt)
         hT = np.empty((N, H), dt)
         codes, ab = self.acts[d]
+        zx, zh = self._scratch((T, N, 3 * H), dt), self._scratch((T, N, 3 * H), dt)
         get_backend().gru_forward(x, p["w_x"], p["w_h"], p["b_x"], p["b_h"], states[0], mask, codes, ab,
                                   self.clip, self.linear_before_reset, self.reverse or d == 1,
-                                  np.empty((T, N, 3 * H), dt), np.empty((T, N, 3 * H), dt), y, hT, _none3(dt))
+                                  zx, zh, y, hT, _none3(dt))
+        self._give_back(zx, zh)
         return y, [hT]
 
 
