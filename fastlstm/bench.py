@@ -235,15 +235,17 @@ def _run_kernel(bm, name, threads, backends, repeats, min_time, time_reference, 
         _set_numba_threads(n)
         r = {"threads": n, "verify": {}, "peer_verify": {}, "times_s": {}}
         with threadpool_limits(n):
+            runners = {}                  # verified, then timed together in alternating blocks
             for be in _checked(backends, n, threads, time_reference):
                 try:
                     kr = bm.KernelRun(be, cell, args, training)
                     d = r["verify"][be] = bm.verify_detail(kr.check_run(), ref)
                 except Exception as e:  # noqa: BLE001 - a backend that raises fails its check; the run goes on
                     d = r["verify"][be] = _raised(e)
-                if d["ok"] and (be != "reference" or time_reference):
-                    r["times_s"][be] = bm.median_time(kr.run, repeats if be != "reference" else min(repeats, 3),
-                                                      min_time)
+                if d["ok"] and be == "reference" and time_reference:
+                    r["times_s"][be] = bm.median_time(kr.run, min(repeats, 3), min_time)
+                elif d["ok"] and be != "reference":
+                    runners[be] = (kr.run, None)
             peers = {}
             tp = bm.torch_peer(cell, args, training)
             if tp is not None:
@@ -256,9 +258,10 @@ def _run_kernel(bm, name, threads, backends, repeats, min_time, time_reference, 
                 try:
                     out = pout()
                     r["peer_verify"][pn] = bm.verify_detail(out, {k: ref[k] for k in out})
-                    r["times_s"][pn] = bm.median_time(prun, repeats, min_time)
+                    runners[pn] = (prun, None)
                 except Exception as e:  # noqa: BLE001 - a peer that raises is reported, not timed
                     r["peer_verify"][pn] = _raised(e)
+            r["times_s"].update(bm.interleaved_times(runners, repeats, min_time))
         _finish_run(r, fl / 1e9, peaks[n], peer_names)
         _print_run(r, peer_names)
         entry["runs"].append(r)
@@ -273,6 +276,7 @@ def _run_model(bm, name, threads, backends, repeats, min_time, time_reference, p
     peer_names = ("torch", "onnxruntime")
     for n in threads:
         r = {"threads": n, "verify": {}, "peer_verify": {}, "times_s": {}}
+        runners = {}                      # verified, then timed together in alternating blocks
         for be in _checked(backends, n, threads, time_reference):
             with bm._Backend(be, n):
                 try:
@@ -280,8 +284,10 @@ def _run_model(bm, name, threads, backends, repeats, min_time, time_reference, p
                 except Exception as e:  # noqa: BLE001 - a backend that raises fails its check; the run goes on
                     fn, d = None, _raised(e)
                 r["verify"][be] = d
-                if d["ok"] and (be != "reference" or time_reference):
-                    r["times_s"][be] = bm.median_time(fn, repeats if be != "reference" else min(repeats, 3), min_time)
+                if d["ok"] and be == "reference" and time_reference:
+                    r["times_s"][be] = bm.median_time(fn, min(repeats, 3), min_time)
+            if d["ok"] and be != "reference":
+                runners[be] = (fn, lambda be=be: bm._Backend(be, n))
         bm.set_peer_threads(n)
         try:
             peers = wl.peers(n)
@@ -290,7 +296,8 @@ def _run_model(bm, name, threads, backends, repeats, min_time, time_reference, p
             r["peer_verify"]["peers"] = _raised(e)
         for pn, (prun, d) in sorted(peers.items(), key=lambda kv: peer_names.index(kv[0])):
             r["peer_verify"][pn] = d
-            r["times_s"][pn] = bm.median_time(prun, repeats, min_time)
+            runners[pn] = (prun, None)
+        r["times_s"].update(bm.interleaved_times(runners, repeats, min_time))
         _finish_run(r, wl.gflop, peaks[n], peer_names)
         _print_run(r, peer_names)
         entry["runs"].append(r)

@@ -699,6 +699,37 @@ def median_time(fn, repeats, min_time=0.0):
     return statistics.median(times)
 
 
+def interleaved_times(runners, repeats, min_time=0.0, rounds=5):
+    """Median wall time per call of each runner, timed in alternating blocks: `rounds` rounds, each giving every
+    runner a block of calls (at least repeats / rounds of them and min_time / rounds seconds). On a shared machine
+    whose speed drifts, a slow spell then lands on every runner alike, so the ratios hold where back-to-back
+    medians would not. runners: {name: (fn, context factory or None)}; returns {name: seconds}."""
+    times = {name: [] for name in runners}
+    per_block = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        for name, (fn, ctx) in runners.items():
+            with (ctx() if ctx is not None else _NoContext()):
+                fn()                                          # warm: caches, pages, the backend switch
+                block, start = times[name], time.perf_counter()
+                n = 0
+                while n < per_block or time.perf_counter() - start < min_time / rounds:
+                    t0 = time.perf_counter()
+                    fn()
+                    block.append(time.perf_counter() - t0)
+                    n += 1
+                    if n > 2000:
+                        break
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+class _NoContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def sgemm_peak(threads, repeats=5):
     """GFLOP/s of a 2048x2048 float32 NumPy matmul with `threads` BLAS threads: the fastest of `repeats` calls
     after a warm-up (a peak, so the best call; on a shared machine the median reads low)."""
