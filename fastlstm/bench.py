@@ -220,6 +220,11 @@ def _checked(backends, n, threads, time_reference):
     return [be for be in backends if be != "reference" or time_reference or n == threads[0]]
 
 
+def _blas_one_thread():
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
+
+
 def _run_kernel(bm, name, threads, backends, repeats, min_time, time_reference, threadpool_limits, peaks):
     cell, B, T, I, H, training = bm.kernel_spec(name)
     args = bm.make_args(cell, B, T, I, H, training)
@@ -236,16 +241,18 @@ def _run_kernel(bm, name, threads, backends, repeats, min_time, time_reference, 
         r = {"threads": n, "verify": {}, "peer_verify": {}, "times_s": {}}
         with threadpool_limits(n):
             runners = {}                  # verified, then timed together in alternating blocks
+            # fastlstm's parallelism is across batch rows (model.predict); its kernels run single-threaded
+            row_split = n > 1 and not training
             for be in _checked(backends, n, threads, time_reference):
                 try:
-                    kr = bm.KernelRun(be, cell, args, training)
+                    kr = bm.RowSplitRun(be, cell, args, n) if row_split else bm.KernelRun(be, cell, args, training)
                     d = r["verify"][be] = bm.verify_detail(kr.check_run(), ref)
                 except Exception as e:  # noqa: BLE001 - a backend that raises fails its check; the run goes on
                     d = r["verify"][be] = _raised(e)
                 if d["ok"] and be == "reference" and time_reference:
                     r["times_s"][be] = bm.median_time(kr.run, min(repeats, 3), min_time)
                 elif d["ok"] and be != "reference":
-                    runners[be] = (kr.run, None)
+                    runners[be] = (kr.run, _blas_one_thread if row_split else None)
             peers = {}
             tp = bm.torch_peer(cell, args, training)
             if tp is not None:

@@ -196,6 +196,51 @@ class KernelRun:
         return out
 
 
+# argument names by how a batch-row split cuts them (the rest, weights and options, are shared)
+_ROWS_AXIS1 = {"x", "z_ws", "hz_ws", "y_out", "mask"}          # (T, B, ...) and the (T, B) mask
+_ROWS_AXIS0 = {"h0", "c0", "hT_out", "cT_out"}                  # (B, H)
+
+
+class RowSplitRun:
+    """An inference workload on `threads` threads the way fastlstm runs one: model.predict splits the batch rows
+    into one slice per thread (model.PREDICT_MIN_ROWS_PER_THREAD rows at least), each slice a single-threaded
+    kernel call (the kernels release the GIL; BLAS stays at 1 thread). Outputs are gathered for verification."""
+
+    def __init__(self, backend, cell, args, threads):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .model import PREDICT_MIN_ROWS_PER_THREAD
+        B = args["x"].shape[1]
+        k = max(1, min(threads, B // PREDICT_MIN_ROWS_PER_THREAD))
+        self.cell = cell
+        self.parts = []
+        for i in range(k):
+            r0, r1 = B * i // k, B * (i + 1) // k
+            sl = OrderedDict()
+            for name, v in args.items():
+                if name in _ROWS_AXIS1 and isinstance(v, np.ndarray) and v.size:
+                    v = np.ascontiguousarray(v[:, r0:r1])
+                elif name in _ROWS_AXIS0:
+                    v = np.ascontiguousarray(v[r0:r1])
+                sl[name] = v
+            self.parts.append(KernelRun(backend, cell, sl, False))
+        self.pool = ThreadPoolExecutor(max_workers=k) if k > 1 else None
+
+    def run(self):
+        if self.pool is None:
+            self.parts[0].run()
+        else:
+            list(self.pool.map(KernelRun.run, self.parts))
+
+    def check_run(self):
+        self.run()
+        return self.outputs()
+
+    def outputs(self):
+        outs = [p.outputs() for p in self.parts]
+        return {n: np.concatenate([o[n] for o in outs], axis=1 if n == "y_out" else 0) for n in FWD_OUT[self.cell]}
+
+
 def _as64(args):
     return OrderedDict((k, v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32 else v)
                        for k, v in args.items())
