@@ -35,8 +35,10 @@ def _reference(name):
 
 
 def _finish(benchmark, fl):
+    # (no statistics under --benchmark-disable: the benchmark ran once, untimed)
+    median = benchmark.stats.stats.median if benchmark.stats else None
     benchmark.extra_info.update(dtype="float32", gflop=fl / 1e9,
-                                gflops_median=fl / benchmark.stats.stats.median / 1e9)
+                                gflops_median=fl / median / 1e9 if median else None)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
