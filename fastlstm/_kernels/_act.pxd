@@ -9,7 +9,8 @@
 float32 exp (exp_f32): exp(x) = 2^n * exp(r), n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2]
 (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial (truncation < 1e-8 relative),
 2^n built in the exponent bits. Max error about 2 ulp; 0 below -87.3 (no subnormals), inf above 88.37
-(true overflow: 88.72). Comparisons against the clamp bounds are written
+(true overflow: 88.72). float32 tanh (tanh_fast): z P(z^2) / Q(z^2), a rational fit (no exp; the Numba
+backend's, 2-4% faster kernels than 1 - 2 / (1 + exp(2z)) in A/B runs). Comparisons against the clamp bounds are written
 so that NaN fails them and flows through: a NaN input gives a NaN output, as in NumPy.
 float64 uses libm exp/tanh: the float64 tolerance (rtol 1e-9) leaves no room for approximations.
 """
@@ -80,9 +81,22 @@ cdef inline floating sigmoid_fast(floating z) noexcept nogil:
 
 
 cdef inline floating tanh_fast(floating z) noexcept nogil:
-    """tanh(z); float32: 1 - 2 / (1 + exp(2z)) (absolute error ~1e-7 near 0, exact saturation)"""
+    """tanh(z); float32: z P(z^2) / Q(z^2), a rational fit of relative error 2e-8 on |z| <= 7.9053 (clamped
+    beyond, within 6 ulp of 1; exactly +-1 from 9.02 on; NaN kept), the same as the Numba backend's: no exp,
+    one division, so it is cheaper than 1 - 2 / (1 + exp(2z))"""
+    cdef float zc, u, p, q, r
     if floating is float:
-        return <float>1 - <float>2 / (<float>1 + exp_f32(<float>2 * z))
+        zc = <float>7.90531110763549805 if z > <float>7.90531110763549805 else z
+        zc = <float>-7.90531110763549805 if zc < <float>-7.90531110763549805 else zc
+        u = zc * zc
+        p = <float>0.9999999833794777 + u * (<float>0.12984654269423243 + u * (<float>0.0029918162233080864
+            + u * (<float>9.936437237956922e-06 + u * (<float>-1.4896948660747533e-08
+            + u * <float>2.4077323468318923e-11))))
+        q = <float>1 + u * (<float>0.46317972128596807 + u * (<float>0.02405196196680968
+            + u * <float>0.00023804689337359334))
+        r = zc * p / q
+        r = <float>1 if z >= <float>9.02 else r
+        return <float>-1 if z <= <float>-9.02 else r
     else:
         return tanh(z)
 
