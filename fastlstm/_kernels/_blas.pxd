@@ -149,31 +149,46 @@ cdef extern from *:
     #endif
     }
 
+    #if FL_PACKED_GEMM
+    /* y[0:64] += x (K) @ w, w a K x 64 block whose rows lie `stride` floats apart (a row-major matrix's 64
+       columns, or a packed 64-column panel: stride 64, read as one stream, prefetched 8 rows ahead when
+       `prefetch`). 8 independent accumulators cover the FMA latency (4 cycles) times its throughput (2 per
+       cycle). prefetch is a constant after inlining. */
+    static inline __attribute__((always_inline)) void fl_row64(int K, const float *x, const float *w, size_t stride,
+                                                               const int prefetch, float *y) {
+        __m256 c0 = _mm256_loadu_ps(y), c1 = _mm256_loadu_ps(y + 8), c2 = _mm256_loadu_ps(y + 16),
+               c3 = _mm256_loadu_ps(y + 24), c4 = _mm256_loadu_ps(y + 32), c5 = _mm256_loadu_ps(y + 40),
+               c6 = _mm256_loadu_ps(y + 48), c7 = _mm256_loadu_ps(y + 56);
+        for (int k = 0; k < K; k++, w += stride) {
+            if (prefetch) {
+                _mm_prefetch((const char *)(w + 8 * stride), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 8 * stride + 16), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 8 * stride + 32), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 8 * stride + 48), _MM_HINT_T0);
+            }
+            __m256 a = _mm256_broadcast_ss(x + k);
+            c0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w), c0);
+            c1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 8), c1);
+            c2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 16), c2);
+            c3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 24), c3);
+            c4 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 32), c4);
+            c5 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 40), c5);
+            c6 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 48), c6);
+            c7 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 56), c7);
+        }
+        _mm256_storeu_ps(y, c0); _mm256_storeu_ps(y + 8, c1); _mm256_storeu_ps(y + 16, c2);
+        _mm256_storeu_ps(y + 24, c3); _mm256_storeu_ps(y + 32, c4); _mm256_storeu_ps(y + 40, c5);
+        _mm256_storeu_ps(y + 48, c6); _mm256_storeu_ps(y + 56, c7);
+    }
+    #endif
+
     /* y (N) += x (K) @ W (K x N, row stride ldw), serial: for one batch row per step, where a threaded
        BLAS gemv hands every step to its worker threads (a stall when a core is busy elsewhere) */
     static void fl_gemv_rowvec(int K, int N, const float *x, const float *W, int ldw, float *y) {
         int j = 0;
     #if FL_PACKED_GEMM
-        for (; j + 64 <= N; j += 64) {      /* 8 independent accumulators hide the FMA latency */
-            __m256 c0 = _mm256_loadu_ps(y + j), c1 = _mm256_loadu_ps(y + j + 8), c2 = _mm256_loadu_ps(y + j + 16),
-                   c3 = _mm256_loadu_ps(y + j + 24), c4 = _mm256_loadu_ps(y + j + 32), c5 = _mm256_loadu_ps(y + j + 40),
-                   c6 = _mm256_loadu_ps(y + j + 48), c7 = _mm256_loadu_ps(y + j + 56);
-            const float *w = W + j;
-            for (int k = 0; k < K; k++, w += ldw) {
-                __m256 a = _mm256_broadcast_ss(x + k);
-                c0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w), c0);
-                c1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 8), c1);
-                c2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 16), c2);
-                c3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 24), c3);
-                c4 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 32), c4);
-                c5 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 40), c5);
-                c6 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 48), c6);
-                c7 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 56), c7);
-            }
-            _mm256_storeu_ps(y + j, c0); _mm256_storeu_ps(y + j + 8, c1); _mm256_storeu_ps(y + j + 16, c2);
-            _mm256_storeu_ps(y + j + 24, c3); _mm256_storeu_ps(y + j + 32, c4); _mm256_storeu_ps(y + j + 40, c5);
-            _mm256_storeu_ps(y + j + 48, c6); _mm256_storeu_ps(y + j + 56, c7);
-        }
+        for (; j + 64 <= N; j += 64)
+            fl_row64(K, x, W + j, ldw, 0, y + j);
         for (; j + 8 <= N; j += 8) {
             __m256 c = _mm256_loadu_ps(y + j);
             for (int k = 0; k < K; k++)
@@ -228,29 +243,7 @@ cdef extern from *:
                 memcpy(tmp, yt, nn * sizeof(float));
                 yt = tmp;
             }
-            /* 8 independent accumulators cover the FMA latency (4 cycles) times its throughput (2 per cycle) */
-            __m256 c0 = _mm256_loadu_ps(yt), c1 = _mm256_loadu_ps(yt + 8), c2 = _mm256_loadu_ps(yt + 16),
-                   c3 = _mm256_loadu_ps(yt + 24), c4 = _mm256_loadu_ps(yt + 32), c5 = _mm256_loadu_ps(yt + 40),
-                   c6 = _mm256_loadu_ps(yt + 48), c7 = _mm256_loadu_ps(yt + 56);
-            const float *w = Wp + (size_t)p * K * 64;
-            for (int k = 0; k < K; k++, w += 64) {
-                _mm_prefetch((const char *)(w + 512), _MM_HINT_T0);        /* 8 rows (2 KiB) ahead */
-                _mm_prefetch((const char *)(w + 528), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w + 544), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w + 560), _MM_HINT_T0);
-                __m256 a = _mm256_broadcast_ss(x + k);
-                c0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w), c0);
-                c1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 8), c1);
-                c2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 16), c2);
-                c3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 24), c3);
-                c4 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 32), c4);
-                c5 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 40), c5);
-                c6 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 48), c6);
-                c7 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 56), c7);
-            }
-            _mm256_storeu_ps(yt, c0); _mm256_storeu_ps(yt + 8, c1); _mm256_storeu_ps(yt + 16, c2);
-            _mm256_storeu_ps(yt + 24, c3); _mm256_storeu_ps(yt + 32, c4); _mm256_storeu_ps(yt + 40, c5);
-            _mm256_storeu_ps(yt + 48, c6); _mm256_storeu_ps(yt + 56, c7);
+            fl_row64(K, x, Wp + (size_t)p * K * 64, 64, 1, yt);
             if (nn < 64) memcpy(y + n0, tmp, nn * sizeof(float));
         }
     #else
