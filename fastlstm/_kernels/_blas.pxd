@@ -324,3 +324,12 @@ cdef class Packed64:
     after construction: many batch-1 steppers (sessions, threads) share one."""
     cdef float *data
     cdef readonly int K, N
+
+
+cdef class Stepper:
+    """Base of the batch-1 float32 steppers of the streaming sessions (lstm_cy.LSTMStepper, gru_cy.GRUStepper):
+    the Python entry points step() and run(); a subclass sets n_in, units, h (its state h, H floats) and
+    implements _advance."""
+    cdef float *h
+    cdef readonly Py_ssize_t n_in, units     # I, H (`I` is a C macro)
+    cdef void _advance(self, const float* x, Py_ssize_t k, float* y) noexcept nogil

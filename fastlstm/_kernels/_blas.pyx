@@ -8,7 +8,11 @@ routine gets B first and m, n swapped; a row-major A (m, n) is a column-major (n
 flips the transpose flag. Leading dimensions are row strides in elements, as in row-major C.
 """
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+cimport numpy as cnp
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+cnp.import_array()
 
 
 cdef void gemm(Trans ta, Trans tb, int m, int n, int k, floating alpha, const floating* a, int lda,
@@ -96,3 +100,51 @@ cdef class Packed64:
 
     def __dealloc__(self):
         free(self.data)
+
+
+cdef class Stepper:
+    """See _blas.pxd. Not used on its own: a subclass implements _advance."""
+
+    cdef void _advance(self, const float* x, Py_ssize_t k, float* y) noexcept nogil:
+        """k steps on the rows x (k, I), updating the state; y (k, H) gets every h when not NULL"""
+        pass
+
+    def step(self, x, bint sequences):
+        """Advance over x, a float32 C-contiguous array of shape (1, k, I), k >= 1. Returns a new array:
+        (1, k, H) with every step's h when `sequences`, else (1, H), the last h. Returns None when x is
+        anything else (the caller converts it and calls again). The GIL is released while it runs."""
+        cdef cnp.ndarray a
+        cdef cnp.ndarray out
+        cdef cnp.npy_intp dims[3]
+        cdef Py_ssize_t k
+        if type(x) is not cnp.ndarray:
+            return None
+        a = <cnp.ndarray>x
+        if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_NDIM(a) != 3 \
+                or cnp.PyArray_DIM(a, 0) != 1 or cnp.PyArray_DIM(a, 2) != self.n_in or cnp.PyArray_DIM(a, 1) < 1:
+            return None
+        k = cnp.PyArray_DIM(a, 1)
+        if sequences:
+            dims[0], dims[1], dims[2] = 1, k, self.units
+            out = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
+            with nogil:
+                self._advance(<const float*>cnp.PyArray_DATA(a), k, <float*>cnp.PyArray_DATA(out))
+        else:
+            dims[0], dims[1] = 1, self.units
+            out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+            with nogil:
+                self._advance(<const float*>cnp.PyArray_DATA(a), k, NULL)
+            memcpy(cnp.PyArray_DATA(out), self.h, self.units * sizeof(float))
+        return out
+
+    def run(self, const float[:, :, ::1] x not None, float[:, :, ::1] y not None):
+        """Advance over x (k, 1, I) (time-major); y (k, 1, H) gets every step's h."""
+        if x.shape[1] != 1 or x.shape[2] != self.n_in or y.shape[0] != x.shape[0] or y.shape[1] != 1 \
+                or y.shape[2] != self.units:
+            raise ValueError(f"{type(self).__name__}.run: expected x (k, 1, {self.n_in}) and y (k, 1, {self.units}), "
+                             f"got ({x.shape[0]}, {x.shape[1]}, {x.shape[2]}) and ({y.shape[0]}, {y.shape[1]}, "
+                             f"{y.shape[2]})")
+        if x.shape[0] == 0:
+            return
+        with nogil:
+            self._advance(&x[0, 0, 0], x.shape[0], &y[0, 0, 0])

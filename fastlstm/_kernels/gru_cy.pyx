@@ -26,11 +26,8 @@ from cython cimport floating
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _copy, _step
-from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, fl_gemv_packed64, gemm,
-                                      matmul_acc, pack_weights)
-cimport numpy as cnp
-
-cnp.import_array()
+from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, fl_gemv_packed64,
+                                      gemm, matmul_acc, pack_weights)
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -471,7 +468,7 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
 # batch-1 steps for streaming sessions
 # ---------------------------------------------------------------------------------------------------------
 
-cdef class GRUStepper:
+cdef class GRUStepper(Stepper):
     """Batch-1 float32 GRU steps over weights packed once, for streaming sessions.
 
         zx = b_x + x_t @ w_x (+ b_hn on the n slice, reset_before);  then, as in gru_forward,
@@ -490,12 +487,10 @@ cdef class GRUStepper:
     cdef float *zkeep                   # (H,) z, reset_before
     cdef const float *b_x
     cdef const float *b_h
-    cdef float *h
     cdef int codes[2]
     cdef double ab[4]
     cdef float clip
     cdef bint reset_after, fast
-    cdef readonly Py_ssize_t n_in, units     # I, H (`I` is a C macro)
     cdef object _keep
 
     def __cinit__(self, Packed64 packed_x not None, Packed64 packed_h not None, Packed64 packed_n,
@@ -565,43 +560,3 @@ cdef class GRUStepper:
             _copy(self.h, self.hnew, H)
             if y != NULL:
                 _copy(y + t * H, self.h, H)
-
-    def step(self, x, bint sequences):
-        """Advance over x, a float32 C-contiguous array of shape (1, k, I), k >= 1. Returns a new array:
-        (1, k, H) with every step's h when `sequences`, else (1, H), the last h. Returns None when x is
-        anything else (the caller converts it and calls again)."""
-        cdef cnp.ndarray a
-        cdef cnp.ndarray out
-        cdef cnp.npy_intp dims[3]
-        cdef Py_ssize_t k
-        if type(x) is not cnp.ndarray:
-            return None
-        a = <cnp.ndarray>x
-        if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_NDIM(a) != 3 \
-                or cnp.PyArray_DIM(a, 0) != 1 or cnp.PyArray_DIM(a, 2) != self.n_in or cnp.PyArray_DIM(a, 1) < 1:
-            return None
-        k = cnp.PyArray_DIM(a, 1)
-        if sequences:
-            dims[0], dims[1], dims[2] = 1, k, self.units
-            out = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT32, 0)
-            with nogil:
-                self._advance(<const float*>cnp.PyArray_DATA(a), k, <float*>cnp.PyArray_DATA(out))
-        else:
-            dims[0], dims[1] = 1, self.units
-            out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
-            with nogil:
-                self._advance(<const float*>cnp.PyArray_DATA(a), k, NULL)
-            _copy(<float*>cnp.PyArray_DATA(out), self.h, self.units)
-        return out
-
-    def run(self, const float[:, :, ::1] x not None, float[:, :, ::1] y not None):
-        """Advance over x (k, 1, I) (time-major); y (k, 1, H) gets every step's h."""
-        if x.shape[1] != 1 or x.shape[2] != self.n_in or y.shape[0] != x.shape[0] or y.shape[1] != 1 \
-                or y.shape[2] != self.units:
-            raise ValueError(f"GRUStepper.run: expected x (k, 1, {self.n_in}) and y (k, 1, {self.units}), got "
-                             f"({x.shape[0]}, {x.shape[1]}, {x.shape[2]}) and ({y.shape[0]}, {y.shape[1]}, "
-                             f"{y.shape[2]})")
-        if x.shape[0] == 0:
-            return
-        with nogil:
-            self._advance(&x[0, 0, 0], x.shape[0], &y[0, 0, 0])
