@@ -5,12 +5,13 @@
 
 bench/ is outside `testpaths`, so a plain `pytest` never collects it.
 """
-import platform
 
 import numpy  # noqa: F401  (numpy's and scipy's OpenBLAS must be loaded before the limits are set)
 import pytest
 import scipy.linalg.cython_blas  # noqa: F401
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
+
+from fastlstm.benchmark import blas_line, cpu_line
 
 
 def pytest_addoption(parser):
@@ -38,30 +39,14 @@ def pinned_threads(bench_threads):
         torch.set_num_threads(saved)
 
 
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _blas():
-    return [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('filepath', '').split('/')[-1]})"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
-
-
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["cpu_model"] = _cpu()
-    machine_info["blas"] = _blas()
+    machine_info["cpu_model"] = cpu_line()
+    machine_info["blas"] = blas_line()
     machine_info["bench_threads"] = config.getoption("--bench-threads")
 
 
 @pytest.fixture
 def record_env(benchmark, bench_threads):
     """Put threads, CPU and BLAS into each benchmark's extra_info."""
-    benchmark.extra_info.update(threads=bench_threads, cpu=_cpu(), blas="; ".join(_blas()))
+    benchmark.extra_info.update(threads=bench_threads, cpu=cpu_line(), blas=blas_line())
     return benchmark

@@ -16,9 +16,7 @@ import pytest
 import fastlstm
 from fastlstm import config
 from fastlstm import layers as L
-
-B_TRAIN, T_TRAIN, VOCAB = 32, 200, 20000
-
+from fastlstm.benchmark import B_TRAIN, T_IMDB, VOCAB, imdb_batch, imdb_model, model_grads
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -26,17 +24,6 @@ def one_thread():
     fastlstm.set_num_threads(1)
     yield
     fastlstm.set_num_threads(saved)
-
-
-def imdb_model(seed=0):
-    fastlstm.set_random_seed(seed)
-    m = fastlstm.Sequential([L.Embedding(VOCAB, 128), L.LSTM(128), L.Dense(1, activation="sigmoid")])
-    m.build((None, None))
-    return m
-
-
-def imdb_batch(rng, B=B_TRAIN, T=T_TRAIN):
-    return rng.integers(1, VOCAB, size=(B, T)).astype(np.int32), rng.integers(0, 2, size=(B, 1)).astype(np.float32)
 
 
 # ---- training step ------------------------------------------------------------------------------------------
@@ -53,29 +40,18 @@ def test_bench_train_step_imdb(benchmark):
     tr.train_step(xs, ys, step_rng)                     # JIT / caches / buffers outside the timing
     benchmark.group = "train_imdb_b32_t200"
     benchmark.extra_info.update(backend=fastlstm.get_backend().name, threads=1,
-                                gflop=3 * 2 * B_TRAIN * T_TRAIN * 4 * 128 * 256 / 1e9)
+                                gflop=3 * 2 * B_TRAIN * T_IMDB * 4 * 128 * 256 / 1e9)
     benchmark.pedantic(tr.train_step, args=(xs, ys, step_rng), rounds=10, iterations=1, warmup_rounds=1)
     # fast and wrong is a failure: the reference kernels give the same gradients at the current weights
-    got = _grads(m, xs, ys)
+    got = list(model_grads(m, xs, ys).values())
     saved = fastlstm.backend._state.copy()
     try:
         fastlstm.set_backend("reference")
-        want = _grads(m, xs, ys)
+        want = list(model_grads(m, xs, ys).values())
     finally:
         fastlstm.backend._state.update(saved)
     for g, w in zip(got, want):
         npt.assert_allclose(g, w, rtol=2e-3, atol=2e-6)
-
-
-def _grads(m, xs, ys):
-    tr = m._trainer
-    values, ctxs = tr.forward(xs, training=True)
-    _, _, d = tr._losses(values, ctxs, ys)
-    tr._zero_grads()
-    tr.backward(ctxs, d)
-    for leaf, _ in tr.leaves:
-        leaf._weights_changed()
-    return [g.copy() for leaf, _ in tr.leaves for g in leaf.grads]
 
 
 def test_bench_train_step_imdb_torch(benchmark):

@@ -540,7 +540,7 @@ def _torch_imdb(torch, model):
     return Net()
 
 
-def _model_grads(m, xs, ys):
+def model_grads(m, xs, ys):
     """Loss gradients of compiled model m at its current weights, in leaf order (copies)."""
     tr = m._trainer
     tr._ensure_grads()
@@ -645,7 +645,7 @@ class TrainIMDB(ModelWorkload):
         m64._trainer.setup()
         self._targets = _normalize_targets
         with _Backend("reference"):
-            self.ref = _model_grads(m64, m64._normalize_inputs(self.x), self._targets(m64, self.y, B_TRAIN))
+            self.ref = model_grads(m64, m64._normalize_inputs(self.x), self._targets(m64, self.y, B_TRAIN))
 
     def fastlstm(self, backend):
         m = imdb_model()
@@ -653,7 +653,7 @@ class TrainIMDB(ModelWorkload):
         tr = m._trainer
         tr.setup()
         xs, ys = m._normalize_inputs(self.x), self._targets(m, self.y, B_TRAIN)
-        check = verify_detail(_model_grads(m, xs, ys), self.ref)     # gradients at the initial weights
+        check = verify_detail(model_grads(m, xs, ys), self.ref)     # gradients at the initial weights
         rng = np.random.default_rng(1)
         return (lambda: tr.train_step(xs, ys, rng)), check
 
