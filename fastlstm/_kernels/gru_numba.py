@@ -30,6 +30,23 @@ def _h_update(zg, n, hp, y):
 
 
 @njit(**NUMBA_FLAGS)
+def _recurrent_blocks(w_h, reset_after, transpose, packed, B):
+    """The recurrent weights as the per-step products use them (op = transpose for the backward):
+    (w_zr, w_n, all of op(w_h) packed, op(w_h[:, :2H]) packed, op(w_h[:, 2H:]) packed, rows of the split products).
+    reset_after multiplies by all of w_h (the blocks are empty); reset_before by contiguous copies of its
+    [z, r] and n column blocks, B rows each. A packed value is (0, K, 16) when not packed."""
+    H = w_h.shape[0]
+    if reset_after:
+        w_zr = np.empty((0, 0), w_h.dtype)
+        none = pack_for_steps(w_zr, transpose, False)
+        return w_zr, w_zr, pack_for_steps(w_h, transpose, packed), none, none, 0
+    w_zr = np.ascontiguousarray(w_h[:, :2 * H])
+    w_n = np.ascontiguousarray(w_h[:, 2 * H:])
+    return (w_zr, w_n, pack_for_steps(w_zr, transpose, False), pack_for_steps(w_zr, transpose, packed),
+            pack_for_steps(w_n, transpose, packed), B)
+
+
+@njit(**NUMBA_FLAGS)
 def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
                 z_ws, hz_ws, y_out, hT_out, gates_out):
     """Same contract as gru_ref.gru_forward.
@@ -52,20 +69,7 @@ def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_
     # per-step products: float32 register tiles over weights packed once (see _numba_common), else np.dot;
     # reset_before multiplies by contiguous copies of w_h's column blocks
     packed = use_packed(z_ws, B, T)
-    if reset_after:
-        w_zr = np.empty((0, 0), w_h.dtype)
-        w_n = w_zr
-        w_h_packed = pack_for_steps(w_h, False, packed)
-        w_zr_packed = pack_for_steps(w_zr, False, False)
-        w_n_packed = w_zr_packed
-        n_rows = 0
-    else:
-        w_zr = np.ascontiguousarray(w_h[:, :2 * H])
-        w_n = np.ascontiguousarray(w_h[:, 2 * H:])
-        w_h_packed = pack_for_steps(w_zr, False, False)
-        w_zr_packed = pack_for_steps(w_zr, False, packed)
-        w_n_packed = pack_for_steps(w_n, False, packed)
-        n_rows = B
+    w_zr, w_n, w_h_packed, w_zr_packed, w_n_packed, n_rows = _recurrent_blocks(w_h, reset_after, False, packed, B)
     h_pad = step_input_buffer(B, H, packed, z_ws)
     hh_buf = step_buffer(B if reset_after else 0, G, packed, z_ws)   # h_prev @ W_h
     hzr = step_buffer(n_rows, 2 * H, packed, z_ws)     # h_prev @ W_hzr
@@ -169,20 +173,7 @@ def gru_backward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset
     d_z, d_r, d_n = d_act[:H], d_act[H:2 * H], d_act[2 * H:]
     # per-step products with W_h^T blocks: packed float32 tiles or np.dot, as in the forward
     packed = use_packed(dz_ws, B, T)
-    if reset_after:
-        w_zr = np.empty((0, 0), w_h.dtype)
-        w_n = w_zr
-        w_hT_packed = pack_for_steps(w_h, True, packed)
-        w_zrT_packed = pack_for_steps(w_zr, True, False)
-        w_nT_packed = w_zrT_packed
-        n_rows = 0
-    else:
-        w_zr = np.ascontiguousarray(w_h[:, :2 * H])
-        w_n = np.ascontiguousarray(w_h[:, 2 * H:])
-        w_hT_packed = pack_for_steps(w_zr, True, False)
-        w_zrT_packed = pack_for_steps(w_zr, True, packed)
-        w_nT_packed = pack_for_steps(w_n, True, packed)
-        n_rows = B
+    w_zr, w_n, w_hT_packed, w_zrT_packed, w_nT_packed, n_rows = _recurrent_blocks(w_h, reset_after, True, packed, B)
     dhz_pad = step_input_buffer(B if reset_after else 0, G, packed, dz_ws)
     dh_gemm = step_buffer(B, H, packed, dz_ws)   # the GEMM part of dh_prev
     dzn_buf = step_input_buffer(n_rows, H, packed, dz_ws)       # d loss / d zn, contiguous
