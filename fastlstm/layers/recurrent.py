@@ -137,6 +137,12 @@ class RNN(Layer):
         array of shape (batch, timesteps, units) if return_sequences else (batch, units); with return_state,
         a list [output, *final_states].
         """
+        x = self._batch_first_input(inputs)
+        out = self.run(x, mask=mask, initial_state=initial_state)
+        return out
+
+    def _batch_first_input(self, inputs):
+        """The input as a float array (batch, timesteps, features) (time_major swapped), checked."""
         x = _as_float_input(self, inputs)
         if self.time_major:
             x = np.swapaxes(x, 0, 1)
@@ -144,8 +150,7 @@ class RNN(Layer):
         if x.shape[2] != self.input_dim:
             raise ValueError(f"layer {self.name!r} expects input of shape (batch, timesteps, {self.input_dim}), "
                              f"got {x.shape}")
-        out = self.run(x, mask=mask, initial_state=initial_state)
-        return out
+        return x
 
     def _initial_states(self, B, dtype, initial_state):
         if initial_state is not None:
@@ -221,13 +226,7 @@ class RNN(Layer):
 
     def forward(self, inputs, mask=None, training=False, initial_state=None, rng=None, ws_key=0, **kwargs):
         """Training forward: returns (what `call` returns, ctx for `backward`)."""
-        x = _as_float_input(self, inputs)
-        if self.time_major:
-            x = np.swapaxes(x, 0, 1)
-        _check_rank3(self, x)
-        if x.shape[2] != self.input_dim:
-            raise ValueError(f"layer {self.name!r} expects input of shape (batch, timesteps, {self.input_dim}), "
-                             f"got {x.shape}")
+        x = self._batch_first_input(inputs)
         if training and self.recurrent_dropout > 0:
             raise NotImplementedError(f"layer {self.name!r}: recurrent_dropout is not supported in fastlstm training "
                                       f"(the fused kernels have one recurrent GEMM per step); use dropout= or a "
@@ -644,13 +643,18 @@ class Bidirectional(Layer):
             return [out_mask] * n_out + [None] * (2 * self.forward_layer.n_states)
         return [out_mask] * 2 if self.merge_mode is None else out_mask
 
+    @staticmethod
+    def _split_initial_state(initial_state):
+        """[forward states..., backward states...] -> (forward, backward); (None, None) without one."""
+        if initial_state is None:
+            return None, None
+        n = len(initial_state) // 2
+        return initial_state[:n], initial_state[n:]
+
     def call(self, inputs, mask=None, training=False, initial_state=None):
         x = _as_float_input(self, inputs)
         _check_rank3(self, x)
-        fw_init = bw_init = None
-        if initial_state is not None:
-            n = len(initial_state) // 2
-            fw_init, bw_init = initial_state[:n], initial_state[n:]
+        fw_init, bw_init = self._split_initial_state(initial_state)
         fw = self.forward_layer.call(x, mask=mask, initial_state=fw_init)
         bw = self.backward_layer.call(x, mask=mask, initial_state=bw_init)
         return self._merge(fw, bw)
@@ -658,10 +662,7 @@ class Bidirectional(Layer):
     def forward(self, inputs, mask=None, training=False, initial_state=None, **kwargs):
         x = _as_float_input(self, inputs)
         _check_rank3(self, x)
-        fw_init = bw_init = None
-        if initial_state is not None:
-            n = len(initial_state) // 2
-            fw_init, bw_init = initial_state[:n], initial_state[n:]
+        fw_init, bw_init = self._split_initial_state(initial_state)
         fw, cf = self.forward_layer.forward(x, mask=mask, training=training, initial_state=fw_init, **kwargs)
         bw, cb = self.backward_layer.forward(x, mask=mask, training=training, initial_state=bw_init, **kwargs)
         fw_main = fw[0] if self.return_state else fw
