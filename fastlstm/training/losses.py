@@ -265,37 +265,39 @@ class SparseCategoricalCrossentropy(Loss):
         return cfg
 
 
-class MeanSquaredError(Loss):
+class _ResidualLoss(Loss):
+    """A loss of the residual r = p - y, averaged over the last axis: labels shaped like the predictions."""
+
+    def check_labels(self, y_true, y_pred_shape):
+        BinaryCrossentropy.check_labels(self, y_true, y_pred_shape)
+
+    def residual(self, y_true, y_pred):
+        """(r = p - y in y_pred's dtype, with y_pred's rank; the number of values averaged)"""
+        y, p = _same_rank(np.asarray(y_true), y_pred)
+        return p - y.astype(y_pred.dtype, copy=False), p.shape[-1]
+
+
+class MeanSquaredError(_ResidualLoss):
     """mean((y - p)^2) over the last axis."""
 
     def __init__(self, reduction="sum_over_batch_size", name="mean_squared_error", dtype=None):
         super().__init__(name, reduction, dtype)
 
-    def check_labels(self, y_true, y_pred_shape):
-        BinaryCrossentropy.check_labels(self, y_true, y_pred_shape)
-
     def values_and_grad(self, y_true, y_pred, logits=None, need_grad=True):
-        dt = y_pred.dtype
-        y, p = _same_rank(np.asarray(y_true), y_pred)
-        r = p - y.astype(dt, copy=False)
-        d = (r * dt.type(2.0 / p.shape[-1])).reshape(y_pred.shape) if need_grad else None
+        r, n = self.residual(y_true, y_pred)
+        d = (r * y_pred.dtype.type(2.0 / n)).reshape(y_pred.shape) if need_grad else None
         return np.mean(r * r, axis=-1), d
 
 
-class MeanAbsoluteError(Loss):
+class MeanAbsoluteError(_ResidualLoss):
     """mean(|y - p|) over the last axis."""
 
     def __init__(self, reduction="sum_over_batch_size", name="mean_absolute_error", dtype=None):
         super().__init__(name, reduction, dtype)
 
-    def check_labels(self, y_true, y_pred_shape):
-        BinaryCrossentropy.check_labels(self, y_true, y_pred_shape)
-
     def values_and_grad(self, y_true, y_pred, logits=None, need_grad=True):
-        dt = y_pred.dtype
-        y, p = _same_rank(np.asarray(y_true), y_pred)
-        r = p - y.astype(dt, copy=False)
-        d = (np.sign(r) / dt.type(p.shape[-1])).reshape(y_pred.shape) if need_grad else None
+        r, n = self.residual(y_true, y_pred)
+        d = (np.sign(r) / y_pred.dtype.type(n)).reshape(y_pred.shape) if need_grad else None
         return np.mean(np.abs(r), axis=-1), d
 
 
