@@ -149,10 +149,13 @@ class Model:
                              f"{[a.shape[0] for a in out]}")
         return out
 
-    def _run_graph(self, xs, training=False):
-        """Evaluate the graph on validated input arrays; returns the list of output arrays."""
+    def _walk(self, xs, run_node):
+        """Evaluate the graph on input arrays, node by node in order: `run_node(k, node, arg, mask, kwargs)`
+        returns what the node's layer returns (the node's inputs, their mask and its other call arguments
+        resolved). Shared by predict, training (trainer.forward) and streaming sessions. Returns
+        {tensor id: (array, mask)}."""
         values = {t.id: (a, None) for t, a in zip(self.inputs, xs)}
-        for node in self._nodes:
+        for k, node in enumerate(self._nodes):
             ins = [values[t.id] for t in node.inputs]
             arrays = [v for v, _ in ins]
             masks = [m for _, m in ins]
@@ -160,19 +163,22 @@ class Model:
             arg = arrays if multi else arrays[0]
             mask = masks if multi else masks[0]
             kwargs = {}
-            for k, v in node.kwargs.items():
-                if k == "mask":
-                    mask = _resolve(v, values, mask_of=False)
-                elif k == "training":
-                    continue
-                else:
-                    kwargs[k] = _resolve(v, values)
-            out = node.layer.call(arg, mask=mask, **kwargs)
+            for key, v in node.kwargs.items():
+                if key == "mask":
+                    mask = _resolve(v, values)
+                elif key != "training":
+                    kwargs[key] = _resolve(v, values)
+            out = run_node(k, node, arg, mask, kwargs)
             out_mask = node.layer.compute_mask(arg, mask)
             outs = out if isinstance(out, list) else [out]
             out_masks = out_mask if isinstance(out_mask, list) else [out_mask] * len(outs)
             for t, o, m in zip(node.outputs, outs, out_masks):
                 values[t.id] = (o, m)
+        return values
+
+    def _run_graph(self, xs):
+        """Evaluate the graph on validated input arrays; returns the list of output arrays."""
+        values = self._walk(xs, lambda k, node, arg, mask, kwargs: node.layer.call(arg, mask=mask, **kwargs))
         return [values[t.id][0] for t in self.outputs]
 
     def __call__(self, x, training=False):
@@ -499,7 +505,8 @@ class Sequential(Model):
             self.build(self._input_spec[0])
 
 
-def _resolve(v, values, mask_of=False):
+def _resolve(v, values):
+    """A node's call argument with its symbolic tensors replaced by their arrays."""
     if isinstance(v, SymbolicTensor):
         return values[v.id][0]
     if isinstance(v, (list, tuple)):

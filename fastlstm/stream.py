@@ -211,6 +211,7 @@ class StreamSession:
         self._in_shape = inp.shape
         self._token_input = inp.dtype.kind in "iub"
         self._rnn = []
+        self._rnn_of = {}                   # id(node) -> its _RecurrentStep, for the general path
         self._ops = []
         uses_masks = False
         for node in m._nodes:
@@ -222,12 +223,12 @@ class StreamSession:
                                      f"recurrent calls can stream")
                 r = _RecurrentStep(lyr, self.batch_size, self.dtype)
                 self._rnn.append((self._state_key(lyr), r))
+                self._rnn_of[id(node)] = r
                 self._ops.append(("rnn", node, r))
             else:
                 self._ops.append(("call", node, None))
             if getattr(lyr, "mask_zero", False) or type(lyr).__name__ == "Masking" or "mask" in node.kwargs:
                 uses_masks = True
-        self._uses_masks = uses_masks
         self._out_ids = [t.id for t in m.outputs]
         self._single_output = m._single_output
         # the fast path: one recurrent layer on float input, nothing else
@@ -434,33 +435,20 @@ class StreamSession:
             out = self._chain(x)
             if out is not None:
                 return out
-        values = {self._in_id: (x, None)}
-        masks = self._uses_masks
-        for kind, node, r in self._ops:
-            ins = [values[t.id] for t in node.inputs]
-            multi = getattr(node, "multi_input", len(ins) > 1)
-            arg = [v for v, _ in ins] if multi else ins[0][0]
-            mask = [mk for _, mk in ins] if multi else ins[0][1]
-            if "mask" in node.kwargs:
-                mv = node.kwargs["mask"]
-                mask = values[mv.id][0] if hasattr(mv, "id") else mv
-            if kind == "rnn":
-                a = arg
-                if a.dtype != self.dtype:
-                    a = a.astype(self.dtype)
-                k = a.shape[1]
-                x_tm = np.ascontiguousarray(a.swapaxes(0, 1)) if self.batch_size > 1 else \
-                    np.ascontiguousarray(a).reshape(k, 1, a.shape[2])
-                mk = _EMPTY_MASK if mask is None else np.ascontiguousarray(np.asarray(mask).T, dtype=np.uint8)
-                out = r.outputs(r.run(x_tm, mk), mk)
-                out_mask = node.layer.compute_mask(arg, mask) if masks else None
-            else:
-                out = node.layer.call(arg, mask=mask) if masks else node.layer.call(arg)
-                out_mask = node.layer.compute_mask(arg, mask) if masks else None
-            outs = out if isinstance(out, list) else [out]
-            out_masks = out_mask if isinstance(out_mask, list) else [out_mask] * len(outs)
-            for t, o, mk in zip(node.outputs, outs, out_masks):
-                values[t.id] = (o, mk)
+        rnn_of = self._rnn_of
+
+        def run_node(k, node, arg, mask, kwargs):
+            r = rnn_of.get(id(node))
+            if r is None:                                 # a per-timestep layer: as in predict
+                return node.layer.call(arg, mask=mask, **kwargs)
+            a = arg if arg.dtype == self.dtype else arg.astype(self.dtype)
+            k = a.shape[1]
+            x_tm = np.ascontiguousarray(a.swapaxes(0, 1)) if self.batch_size > 1 else \
+                np.ascontiguousarray(a).reshape(k, 1, a.shape[2])
+            mk = _EMPTY_MASK if mask is None else np.ascontiguousarray(np.asarray(mask).T, dtype=np.uint8)
+            return r.outputs(r.run(x_tm, mk), mk)
+
+        values = self.model._walk([x], run_node)
         res = [values[i][0] for i in self._out_ids]
         return res[0] if self._single_output else res
 

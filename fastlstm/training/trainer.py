@@ -35,14 +35,6 @@ def leaf_layers(layer):
     return [layer] if layer.weights else []
 
 
-def _resolve(v, values):
-    if isinstance(v, SymbolicTensor):
-        return values[v.id][0]
-    if isinstance(v, (list, tuple)):
-        return [_resolve(e, values) for e in v]
-    return v
-
-
 class Trainer:
     """What `model.compile` sets up: optimizer, losses, metrics; runs training and evaluation steps."""
 
@@ -160,34 +152,18 @@ class Trainer:
     # ---- graph passes ------------------------------------------------------------------------------------
     def forward(self, xs, training, rng=None):
         """Run the graph; returns (values {tensor id: (array, mask)}, ctxs per node (None where not kept))."""
-        m = self.model
-        values = {t.id: (a, None) for t, a in zip(m.inputs, xs)}
         ctxs = []
         logit_nodes = set(k for k in self.logit_node if k is not None)
-        for k, node in enumerate(m._nodes):
-            ins = [values[t.id] for t in node.inputs]
-            arrays = [v for v, _ in ins]
-            masks = [mk for _, mk in ins]
-            multi = getattr(node, "multi_input", len(arrays) > 1)
-            arg = arrays if multi else arrays[0]
-            mask = masks if multi else masks[0]
-            kwargs = {}
-            for key, v in node.kwargs.items():
-                if key == "mask":
-                    mask = _resolve(v, values)
-                elif key != "training":
-                    kwargs[key] = _resolve(v, values)
+
+        def run_node(k, node, arg, mask, kwargs):
             if (training or k in logit_nodes) and hasattr(node.layer, "forward"):
                 out, ctx = node.layer.forward(arg, mask=mask, training=training, rng=rng, ws_key=k, **kwargs)
             else:
                 out, ctx = node.layer.call(arg, mask=mask, **kwargs), None
             ctxs.append(ctx)
-            out_mask = node.layer.compute_mask(arg, mask)
-            outs = out if isinstance(out, list) else [out]
-            out_masks = out_mask if isinstance(out_mask, list) else [out_mask] * len(outs)
-            for t, o, mk in zip(node.outputs, outs, out_masks):
-                values[t.id] = (o, mk)
-        return values, ctxs
+            return out
+
+        return self.model._walk(xs, run_node), ctxs
 
     def backward(self, ctxs, d_outputs):
         """d_outputs {tensor id: gradient}; runs every node's backward in reverse order."""
