@@ -170,9 +170,11 @@ def test_session_sees_new_weights(rng):
     s = m.stream()
     x = rng.normal(size=(1, 1, 3)).astype(np.float32)
     s.step(x)
-    m.set_weights([w * 0.5 for w in m.get_weights()])
-    s.reset()
-    npt.assert_allclose(s.step(x), m.predict(x), **TOL32)
+    for scale in (0.5, -1.5):         # twice: the session's fast path is bound again after each repack
+        m.set_weights([w * scale for w in m.get_weights()])
+        s.reset()
+        npt.assert_allclose(s.step(x), m.predict(x), **TOL32)
+        npt.assert_allclose(s.step(x.astype(np.float64)), m.predict(np.concatenate([x, x], 1)), **TOL32)
 
 
 def test_refuses_bidirectional_and_go_backwards():
