@@ -63,6 +63,51 @@ def _topo_nodes(outputs):
     return order
 
 
+def _keras_layer_order(inputs, outputs):
+    """The layers of a functional graph in Keras 3's `model.layers` order, which fixes `get_weights()` order and
+    the class-numbered groups of a saved file (keras/src/ops/function.py `map_graph`): deepest first, where a
+    node's depth is its longest path to an output and a layer's the largest over its calls; equal depths keep the
+    order in which a depth-first walk from the outputs (inputs before keyword tensors) first reached them."""
+    first_seen, post_order, done = {}, [], set()   # layer id -> walk index; nodes from inputs to outputs
+    layer_of, parents = {}, {}
+
+    def node_key(t):
+        if t.history is None:
+            lyr = getattr(t, "_input_layer", None)
+            return None if lyr is None else ("input", id(lyr)), lyr
+        return ("node", id(t.history[0])), t.history[0].layer
+
+    def visit(t):
+        key, lyr = node_key(t)
+        if key is None or key in done:
+            return
+        first_seen.setdefault(id(lyr), len(first_seen))
+        layer_of[key] = lyr
+        srcs = [] if t.history is None else t.history[0].tensor_args()
+        parents[key] = [k for k in (node_key(s)[0] for s in srcs) if k is not None]
+        for s in srcs:
+            visit(s)
+        done.add(key)
+        post_order.append(key)
+
+    for t in outputs:
+        visit(t)
+    node_depth, layer_depth = {}, {}
+    for key in reversed(post_order):
+        lyr = layer_of[key]
+        depth = max(node_depth.setdefault(key, 0), layer_depth.get(id(lyr), 0))
+        layer_depth[id(lyr)] = node_depth[key] = depth
+        for p in parents[key]:
+            node_depth[p] = max(depth + 1, node_depth.get(p, 0))
+    by_id = {id(lyr): lyr for lyr in layer_of.values()}
+    for t in inputs:                                  # inputs no output depends on still count, at depth 0
+        lyr = getattr(t, "_input_layer", None)
+        if lyr is not None and id(lyr) not in layer_depth:
+            by_id[id(lyr)], layer_depth[id(lyr)], first_seen[id(lyr)] = lyr, 0, -1
+    order = sorted(layer_depth, key=lambda i: (-layer_depth[i], first_seen[i]))
+    return [by_id[i] for i in order]
+
+
 class Model:
     """A functional graph of layers.
 
@@ -99,18 +144,8 @@ class Model:
             raise ValueError(f"model {self.name!r}: the outputs depend on inputs that are not in `inputs`")
         self.input_names = [t.name for t in self.inputs]
         self.output_names = [t.name for t in self.outputs]
-        layers, seen = [], set()
-        for t in self.inputs:
-            lyr = getattr(t, "_input_layer", None)
-            if lyr is not None and id(lyr) not in seen:
-                seen.add(id(lyr))
-                layers.append(lyr)
-        for n in self._nodes:
-            if id(n.layer) not in seen:
-                seen.add(id(n.layer))
-                layers.append(n.layer)
-        self.layers = layers
-        self.stateful = any(getattr(lyr, "stateful", False) for lyr in layers)
+        self.layers = _keras_layer_order(self.inputs, self.outputs)
+        self.stateful = any(getattr(lyr, "stateful", False) for lyr in self.layers)
         self.built = True
 
     # ---- running ------------------------------------------------------------------------------------
@@ -236,15 +271,18 @@ class Model:
         optimizer : str ("sgd", "adam", "rmsprop") or fastlstm.optimizers.Optimizer
         loss : str ("binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy", "mse",
             "mae") or fastlstm.losses.Loss; a list or dict (by output name) for several outputs.
-        metrics : list of "accuracy", "mae", "mse", ... (a list of lists or a dict for several outputs)
+        metrics : list of "accuracy", "mae", "mse", ... (a list of lists or a dict for several outputs); as in
+            Keras 3 they ignore sample_weight and class_weight
         loss_weights : list or dict of floats, optional
+        weighted_metrics : like `metrics`, weighted by sample_weight / class_weight (Keras 3 naming: a name
+            already taken by `metrics` becomes "weighted_<name>")
         """
         unknown = set(kwargs) - {"weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile",
                                  "auto_scale_loss"}
         if unknown:
             raise TypeError(f"compile(): unrecognized arguments {sorted(unknown)}")
         from .training.trainer import Trainer
-        self._trainer = Trainer(self, optimizer, loss, metrics, loss_weights)
+        self._trainer = Trainer(self, optimizer, loss, metrics, loss_weights, kwargs.get("weighted_metrics"))
         self.optimizer = self._trainer.optimizer
         self.loss = loss
         self.compiled = True

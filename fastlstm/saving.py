@@ -24,9 +24,11 @@ import zipfile
 
 import numpy as np
 
-from .layers.base import SymbolicTensor
+from .layers.base import SymbolicTensor, _flatten
 from .layers.core import (Activation, ActivityRegularization, Dense, Dropout, Embedding, GaussianDropout,
                           GaussianNoise, InputLayer, Masking, SpatialDropout1D, TimeDistributed)
+from .layers.merging import Concatenate, _Merge
+from .layers.ops import OpLayer, _fill
 from .layers.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
 
 KERAS_VERSION = "3.15.1"      # the Keras 3 release these files were verified against
@@ -103,9 +105,16 @@ def _shape_list(shape):
     return [None if d is None else int(d) for d in shape]
 
 
+# Keras 3 module of each op class (a functional model's config records `keras.ops` calls, e.g. the mask ops)
+_OP_MODULES = {"Cast": "keras.src.ops.core", "Sigmoid": "keras.src.ops.nn"}
+
+
 def layer_config(layer, input_shape=None):
     """The Keras 3 serialized form of one layer: {module, class_name, config, registered_name, build_config}."""
     cls = type(layer).__name__
+    if isinstance(layer, OpLayer):
+        return {"module": _OP_MODULES.get(layer.op, "keras.src.ops.numpy"), "class_name": layer.op,
+                "config": {"name": layer.name, **layer.params}, "registered_name": layer.op}
     if isinstance(layer, InputLayer):
         return {"module": "keras.layers", "class_name": "InputLayer",
                 "config": {"batch_shape": _shape_list(layer.batch_shape), "dtype": layer.input_dtype.name,
@@ -154,6 +163,10 @@ def layer_config(layer, input_shape=None):
     elif isinstance(layer, Activation):
         cfg = _base(layer)
         cfg["activation"] = _activation(layer, layer.activation)
+    elif isinstance(layer, _Merge):           # Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum
+        cfg = _base(layer)
+        if isinstance(layer, Concatenate):
+            cfg["axis"] = layer.axis
     else:
         raise ValueError(f"layer {layer.name!r} ({cls}) cannot be saved as a Keras 3 file")
     out = {"module": "keras.layers", "class_name": cls, "config": cfg, "registered_name": None}
@@ -199,29 +212,33 @@ def _functional_config(model):
 
     layers = []
     for t in model.inputs:
-        lyr = getattr(t, "_input_layer", None)
-        if lyr is None:
-            lyr = InputLayer(batch_shape=t.shape, dtype=t.dtype, name=t.name)
-        cfg = layer_config(lyr)
-        cfg.update(name=lyr.name, inbound_nodes=[])
-        layers.append(cfg)
-    done = set()
-    for node in model._nodes:
-        lyr = node.layer
-        if id(lyr) in done:
+        if getattr(t, "_input_layer", None) is None:
+            cfg = layer_config(InputLayer(batch_shape=t.shape, dtype=t.dtype, name=t.name))
+            cfg.update(name=t.name, inbound_nodes=[])
+            layers.append(cfg)
+    for lyr in model.layers:                  # Keras's order, as Keras writes it (and numbers the weight groups)
+        if isinstance(lyr, InputLayer):
+            cfg = layer_config(lyr)
+            cfg.update(name=lyr.name, inbound_nodes=[])
+            layers.append(cfg)
             continue
-        done.add(id(lyr))
         calls = [n for n in model._nodes if n.layer is lyr]
+        node = calls[0]
         cfg = layer_config(lyr, _node_input_shape(node))
         inbound = []
         for n in calls:
             args = [tensor_ref(t) for t in n.inputs]
-            if getattr(n, "multi_input", False):
+            if isinstance(lyr, OpLayer):
+                args = _fill(lyr.template, args)          # the op's constants back between its tensors
+            elif getattr(n, "multi_input", False):
                 args = [args]
             kwargs = {}
             for key, v in n.kwargs.items():
-                if key in ("mask", "training"):
-                    continue              # Keras recomputes the implicit masks when it rebuilds the graph
+                if key == "training" or v is None:
+                    continue
+                if key == "mask" and not all(isinstance(e, SymbolicTensor) for e in _flatten(v)):
+                    raise ValueError(f"layer {lyr.name!r} is called with a constant mask, which a Keras 3 file "
+                                     f"cannot hold")
                 if isinstance(v, SymbolicTensor):
                     kwargs[key] = tensor_ref(v)
                 elif isinstance(v, (list, tuple)):
@@ -255,17 +272,12 @@ def model_config(model):
 
 # ---- weights ----------------------------------------------------------------------------------------------
 def _container_layers(model):
-    """The layers Keras 3 numbers in layers/...: Sequential without its InputLayer, functional with them."""
+    """The layers Keras 3 numbers in layers/..., in model.layers order (Keras's): Sequential without its
+    InputLayer, functional with them; op nodes are no Keras layers."""
     from .model import Sequential
     if isinstance(model, Sequential):
         return [lyr for lyr in model.layers if not isinstance(lyr, InputLayer)]
-    out = []
-    for t in model.inputs:
-        lyr = getattr(t, "_input_layer", None)
-        if lyr is not None and lyr not in out:
-            out.append(lyr)
-    out += [lyr for lyr in model.layers if not isinstance(lyr, InputLayer)]
-    return out
+    return [lyr for lyr in model.layers if not isinstance(lyr, OpLayer)]
 
 
 def _group_names(layers):

@@ -88,6 +88,22 @@ def make_models(seed=0):
     y = L.TimeDistributed(L.Dense(3, activation="softmax"))(y)
     m = fastlstm.Model([enc, dec], y, name="func_seq2seq")
     out["func_seq2seq"] = (_perturbed(m, rng), [xf, rng.normal(size=(3, 4, 3)).astype(np.float32)])
+
+    # two LSTMs whose depth-first order (lstm_tok first) is not Keras's model.layers order (lstm_ser is deeper):
+    # the saved groups layers/lstm, layers/lstm_1 must follow Keras's order; gradients flow through Concatenate
+    tok2 = fastlstm.Input((None,), dtype="int32", name="tok")
+    ser = fastlstm.Input((None, 3), name="ser")
+    a = L.LSTM(5, name="lstm_tok")(L.Embedding(30, 4)(tok2))
+    b = L.Dense(4, activation="tanh", name="ser_dense")(L.LSTM(5, name="lstm_ser")(ser))
+    m = fastlstm.Model([tok2, ser], L.Dense(2, name="out")(L.Concatenate()([a, b])), name="func_two_inputs")
+    out["func_two_inputs"] = (_perturbed(m, rng), [tok, rng.normal(size=(4, 6, 3)).astype(np.float32)])
+
+    # a real Keras 3 file whose config holds an op node (NotEqual) passed to two RNNs as an explicit mask
+    case = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "keras", "k3_mask_initial_state")
+    m = fastlstm.load(os.path.join(case, "model.keras"))
+    m.name = "loaded_mask_ops"
+    xin = np.load(os.path.join(case, "input.npz"))
+    out["loaded_mask_ops"] = (_perturbed(m, rng), [xin[k] for k in m.input_names])
     return out
 
 

@@ -76,7 +76,8 @@ def test_functional_layout_has_input_layers(tmp_path):
     assert "layers/lstm_1/cell/vars/2" in tree and "layers/time_distributed/layer/vars/1" in tree
 
 
-@pytest.mark.parametrize("name", ["seq_embed", "seq_bidir_td", "seq_misc", "func_multi", "func_seq2seq"])
+@pytest.mark.parametrize("name", ["seq_embed", "seq_bidir_td", "seq_misc", "func_multi", "func_seq2seq",
+                                  "func_two_inputs", "loaded_mask_ops"])
 def test_roundtrip_load_weights_and_fastlstm_load(tmp_path, name):
     models = make_models()
     model, xs = models[name]
@@ -96,6 +97,43 @@ def test_roundtrip_load_weights_and_fastlstm_load(tmp_path, name):
         got = m.predict(x)
         for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
             npt.assert_allclose(g, w, **TOL32)
+
+
+KERAS_FILES = os.path.join(os.path.dirname(__file__), "data", "keras")
+
+
+@pytest.mark.parametrize("case", ["k3_multi_io", "k3_merge_layers", "k3_seq2seq_lstm", "k3_mask_initial_state"])
+def test_functional_layers_in_keras_order(case):
+    """model.layers (hence get_weights() and the saved groups) in Keras 3's order: the order of the layers in the
+    config.json Keras wrote (deepest first, not inputs first or depth-first)."""
+    path = os.path.join(KERAS_FILES, case, "model.keras")
+    with zipfile.ZipFile(path) as zf:
+        keras_order = [lyr["config"]["name"] for lyr in json.loads(zf.read("config.json"))["config"]["layers"]]
+    assert [lyr.name for lyr in fastlstm.load(path).layers] == keras_order
+
+
+def test_layer_classes_in_the_order_keras_reported():
+    """The committed real-Keras record lists Keras's model.layers classes for every saved model."""
+    rec = json.load(open(RECORD))["models"]
+    for name, (model, _) in make_models().items():
+        ours = [type(lyr).__name__ for lyr in model.layers if type(lyr).__name__ not in ("OpLayer", "NotEqual")]
+        assert ours == rec[name]["layers"], name
+
+
+def test_keras_op_nodes_and_merge_layers_are_saved(tmp_path):
+    """A loaded Keras functional file keeps its op nodes (here NotEqual, an explicit mask) and merge layers."""
+    for case in ("k3_mask_initial_state", "k3_shared_lstm"):
+        model = fastlstm.load(os.path.join(KERAS_FILES, case, "model.keras"))
+        xin = np.load(os.path.join(KERAS_FILES, case, "input.npz"))
+        xs = [xin[k] for k in model.input_names]
+        path = str(tmp_path / f"{case}.keras")
+        model.save(path)
+        with zipfile.ZipFile(path) as zf:
+            classes = [lyr["class_name"] for lyr in json.loads(zf.read("config.json"))["config"]["layers"]]
+        assert ("NotEqual" in classes) == (case == "k3_mask_initial_state"), classes
+        want, got = model.predict(xs), fastlstm.load(path).predict(xs)
+        for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+            npt.assert_array_equal(g, w)
 
 
 def test_load_weights_mismatch_changes_nothing(tmp_path):

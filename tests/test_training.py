@@ -390,6 +390,27 @@ def test_sample_and_class_weights(rng):
     assert np.isfinite(h.history["loss"][0])
 
 
+def test_validation_split_holds_out_the_last_rows_with_their_sample_weights(rng):
+    """Keras 3 fit(validation_split=f): the last floor(n*f) rows of x, y AND sample_weight are the validation set
+    (class_weight weights the training rows only); a one-input, one-output model included."""
+    x = rng.normal(size=(10, 5, 3)).astype(np.float32)
+    y = rng.integers(0, 2, size=(10, 1)).astype(np.float32)
+    sw = rng.uniform(0.2, 3.0, size=10)
+    fastlstm.set_random_seed(0)
+    m = fastlstm.Sequential([fastlstm.Input((5, 3)), L.LSTM(4), L.Dense(1, activation="sigmoid")])
+    m.compile(fastlstm.optimizers.SGD(0.1), "binary_crossentropy", metrics=["accuracy"],
+              weighted_metrics=["accuracy"])
+    h = m.fit(x, y, sample_weight=sw, class_weight={0: 3.0, 1: 1.0}, validation_split=0.3, epochs=2, batch_size=4,
+              shuffle=False, verbose=0).history
+    val = m.evaluate(x[7:], y[7:], sample_weight=sw[7:], batch_size=4, verbose=0, return_dict=True)
+    for k in ("loss", "accuracy", "weighted_accuracy"):
+        npt.assert_allclose(h["val_" + k][-1], val[k], rtol=1e-6)
+    p = m.predict(x[7:])
+    hit = ((p > 0.5) == (y[7:] > 0.5))[:, 0]
+    npt.assert_allclose(val["accuracy"], hit.mean(), rtol=1e-6)                  # metrics: not sample-weighted
+    npt.assert_allclose(val["weighted_accuracy"], (hit * sw[7:]).sum() / sw[7:].sum(), rtol=1e-6)
+
+
 def test_multi_output_loss_dict_and_logs(rng):
     inp = fastlstm.Input((None, 3), name="seq")
     h = L.LSTM(4)(inp)

@@ -27,16 +27,27 @@ def _optimizer(spec):
     return fastlstm.optimizers.get({"class_name": spec["class"], "config": spec["config"]})
 
 
-def _gradients(model, xs, ys):
+def _gradients(model, xs, ys, sample_weight=None):
     """Dense gradients of the loss at the current weights, in model.get_weights() order."""
     tr = model._trainer
     tr.setup()
     tr._ensure_grads()
     values, ctxs = tr.forward(xs, training=True)
-    _, _, d = tr._losses(values, ctxs, ys)
+    _, _, d = tr._losses(values, ctxs, ys, sample_weight)
     tr._zero_grads()
     tr.backward(ctxs, d)
     return [g.copy() for leaf, _ in tr.leaves for g in leaf.grads]
+
+
+def _inputs(data):
+    """x: one array, or a list of arrays x0, x1, ... for a model with several inputs."""
+    if "x" in data.files:
+        return data["x"]
+    return [data[f"x{k}"] for k in range(sum(f.startswith("x") for f in data.files))]
+
+
+def _rows(x, sl):
+    return [a[sl] for a in x] if isinstance(x, list) else x[sl]
 
 
 def test_fixtures_present():
@@ -53,18 +64,22 @@ def test_keras_optimizer_steps(case):
     w0 = [exp[f"w0_{k}"] for k in range(n_w)]
     for a, b in zip(model.get_weights(), w0):
         npt.assert_array_equal(a, b)
-    model.compile(optimizer=_optimizer(case["optimizer"]), loss=_loss(case["loss"]), metrics=case["metrics"] or None)
+    compiled = case.get("compile_metrics", {"metrics": case["metrics"]})
+    model.compile(optimizer=_optimizer(case["optimizer"]), loss=_loss(case["loss"]),
+                  metrics=compiled["metrics"] or None, weighted_metrics=compiled.get("weighted_metrics") or None)
     bs = case["batch_size"]
-    x, y = data["x"], data["y"]
+    x, y = _inputs(data), data["y"]
+    sw = data["sample_weight"] if "sample_weight" in data.files else None
     for step in range(1, case["steps"] + 1):
         sl = slice((step - 1) * bs, step * bs)
-        xs = model._normalize_inputs(x[sl])
+        swb = None if sw is None else sw[sl]
+        xs = model._normalize_inputs(_rows(x, sl))
         ys = _normalize_targets(model, y[sl], xs[0].shape[0])
-        grads = _gradients(model, xs, ys)
+        grads = _gradients(model, xs, ys, swb)
         for k, g in enumerate(grads):
             npt.assert_allclose(g, exp[f"g{step}_{k}"], **tol["grads"],
                                 err_msg=f"step {step}: gradient of {case['weight_names'][k]}")
-        logs = model.train_on_batch(x[sl], y[sl], return_dict=True)
+        logs = model.train_on_batch(_rows(x, sl), y[sl], sample_weight=swb, return_dict=True)
         npt.assert_allclose(logs["loss"], exp["loss"][step - 1], **tol["loss"], err_msg=f"step {step}: loss")
         for name in case["metrics"]:
             npt.assert_allclose(logs[name], exp[f"metric_{name}"][step - 1], **tol["metrics"],

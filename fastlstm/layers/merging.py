@@ -236,6 +236,16 @@ class Concatenate(_Merge):
             raise ValueError(f"layer {self.name!r} (Concatenate, axis={self.axis}): input shapes "
                              f"{[x.shape for x in xs]} do not match off the concatenation axis") from None
 
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        """Training pass: (output, ctx) with each input's extent on the concatenation axis."""
+        y = self.call(inputs, mask=mask)
+        axis = self.axis % y.ndim
+        return y, {"axis": axis, "sizes": [np.shape(x)[axis] for x in inputs]}
+
+    def backward(self, ctx, dy):
+        """d inputs: dy split back along the concatenation axis (one array per input)."""
+        return np.split(dy, np.cumsum(ctx["sizes"])[:-1], axis=ctx["axis"])
+
     def get_config(self):
         cfg = super().get_config()
         cfg["axis"] = self.axis

@@ -54,8 +54,10 @@ class MeanMetric:
 
     def update_state(self, y_true, y_pred, mask=None):
         values = np.asarray(self.fn(y_true, y_pred), dtype=np.float64)
-        if mask is not None and np.shape(mask) == values.shape:
-            w = np.asarray(mask, dtype=np.float64)
+        if mask is not None and np.ndim(mask) <= values.ndim and \
+                np.shape(mask) == values.shape[:np.ndim(mask)]:
+            w = np.asarray(mask, dtype=np.float64)        # per-sample weights apply to every step of the sample
+            w = np.broadcast_to(w.reshape(w.shape + (1,) * (values.ndim - w.ndim)), values.shape)
             self.total += float(np.sum(values * w))
             self.count += float(np.sum(w))
         else:

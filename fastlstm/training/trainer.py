@@ -38,12 +38,13 @@ def leaf_layers(layer):
 class Trainer:
     """What `model.compile` sets up: optimizer, losses, metrics; runs training and evaluation steps."""
 
-    def __init__(self, model, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None):
+    def __init__(self, model, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None):
         if loss is None:
             raise ValueError("compile() needs a `loss` (e.g. 'binary_crossentropy', 'mse' or a fastlstm.losses.Loss)")
         self.model = model
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss_spec, self.metric_spec, self.loss_weights_spec = loss, metrics, loss_weights
+        self.weighted_metric_spec = weighted_metrics
         self._ready = False
 
     # ---- setup after the model is built ------------------------------------------------------------------
@@ -76,8 +77,10 @@ class Trainer:
         lw = self.loss_weights_spec
         self.loss_weights = [1.0] * len(m.outputs) if lw is None else \
             [1.0 if w is None else float(w) for w in self._per_output(lw, "loss_weights")]
-        self.metric_names = [list(s) if isinstance(s, (list, tuple)) else ([] if s is None else [s])
-                             for s in self._per_output(self.metric_spec or [], "metrics")]
+        self.metric_names, self.weighted_metric_names = (
+            [list(s) if isinstance(s, (list, tuple)) else ([] if s is None else [s])
+             for s in self._per_output(spec or [], "metrics")]
+            for spec in (self.metric_spec, self.weighted_metric_spec))
         self.metric_objs = None                      # made on the first batch (accuracy needs label shapes)
         self.leaves = []
         seen = set()
@@ -138,16 +141,30 @@ class Trainer:
                     g.fill(0)
 
     def _make_metrics(self, ys, y_preds):
+        """Keras 3 CompileMetrics: `metrics` (weighted by the output's mask only), then `weighted_metrics` (also by
+        sample_weight / class_weight); names prefixed with the output name when there are several outputs; a
+        repeated name gets "_1", "_2", ...; a weighted metric whose name is taken becomes "weighted_<name>"."""
         self.metric_objs = []
-        for k, names in enumerate(self.metric_names):
-            objs = [metrics_mod.get(nm, np.shape(ys[k]), y_preds[k].shape) for nm in names]
-            if len(self.model.outputs) > 1:
-                for o in objs:
-                    o.name = f"{self.model.output_names[k]}_{o.name}"
-            self.metric_objs.append(objs)
+        multi = len(self.model.outputs) > 1
+        taken = {}
+        for weighted, per_output in ((False, self.metric_names), (True, self.weighted_metric_names)):
+            for k, names in enumerate(per_output):
+                prefix = f"{self.model.output_names[k]}_" if multi else ""
+                for nm in names:
+                    o = metrics_mod.get(nm, np.shape(ys[k]), y_preds[k].shape)
+                    name = prefix + o.name
+                    if weighted and name in taken:
+                        name = prefix + "weighted_" + o.name
+                    if name in taken:
+                        taken[name] += 1
+                        name = f"{name}_{taken[name] - 1}"
+                    else:
+                        taken[name] = 1
+                    o.name, o.output_index, o.weighted = name, k, weighted
+                    self.metric_objs.append(o)
 
     def metric_list(self):
-        return [o for objs in (self.metric_objs or []) for o in objs]
+        return list(self.metric_objs or [])
 
     # ---- graph passes ------------------------------------------------------------------------------------
     def forward(self, xs, training, rng=None):
@@ -225,18 +242,17 @@ class Trainer:
         y_preds = [values[t.id][0] for t in m.outputs]
         if self.metric_objs is None:
             self._make_metrics(ys, y_preds)
-        for k, objs in enumerate(self.metric_objs):
-            if not objs:
-                continue
-            # per-sample weights of the metric values: the output's mask times the sample weights
+        for o in self.metric_objs:
+            k = o.output_index
+            # weights of the metric values: the output's mask, times the sample weights for weighted_metrics
+            # (Keras 3 evaluates `metrics` without sample weighting)
             w = values[m.outputs[k].id][1]
-            if sample_weight is not None:
+            if o.weighted and sample_weight is not None:
                 sw = np.asarray(sample_weight, dtype=np.float64)
                 if w is not None:
                     sw = np.asarray(w, np.float64) * sw.reshape(sw.shape + (1,) * (np.ndim(w) - sw.ndim))
                 w = sw
-            for o in objs:
-                o.update_state(ys[k], y_preds[k], w)
+            o.update_state(ys[k], y_preds[k], w)
 
     # ---- steps ---------------------------------------------------------------------------------------------
     def _variables(self):
@@ -359,15 +375,18 @@ def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, 
     n = xs[0].shape[0]
     ys = _normalize_targets(model, y, n)
     sw = None if sample_weight is None else np.asarray(sample_weight, np.float64)
-    if class_weight is not None:
-        cw = _class_weights(class_weight, ys[0])
-        sw = cw if sw is None else sw * cw
     if validation_data is None and validation_split and 0 < validation_split < 1:
+        # Keras: the last rows, with their sample weights (class weights apply to the training rows only)
         split = int(n * (1 - validation_split))
-        validation_data = ([a[split:] for a in xs], [a[split:] for a in ys])
+        xv, yv = [a[split:] for a in xs], [a[split:] for a in ys]
+        validation_data = (xv if len(xv) > 1 else xv[0], yv if len(yv) > 1 else yv[0],
+                           None if sw is None else sw[split:])
         xs, ys = [a[:split] for a in xs], [a[:split] for a in ys]
         sw = None if sw is None else sw[:split]
         n = split
+    if class_weight is not None:
+        cw = _class_weights(class_weight, ys[0])
+        sw = cw if sw is None else sw * cw
     if n == 0:
         raise ValueError("fit() got no training samples")
     trainer.setup()

@@ -16,6 +16,8 @@ Every case re-derives its weight trajectory from the recorded gradients with the
 (`optimizer_rule_check_max_abs_diff`), trains again with model.fit(shuffle=False) (`fit_check`), and again with a
 custom tf.GradientTape loop that densifies the Embedding gradient (`dense_grad_check_max_abs_diff`), and once
 in float64 (`float64_exact_check_*`: how far an exact implementation lands from the float32 fixture).
+A case may have several inputs (x is a list), per-sample weights (data returns (x, y, sample_weight)) and
+`weighted_metrics`; every run above then uses them.
 """
 import json
 import os
@@ -56,6 +58,19 @@ def _prepadded_tokens(rng, n_batches, batch, steps, vocab, min_len):
             pos += n
             rows.append(row)
     return np.stack(rows).astype(np.int32)
+
+
+def _rows(a, s, B):
+    """Batch s (rows [s*B, (s+1)*B)) of an array, of a list of arrays (several inputs), or None."""
+    if a is None:
+        return None
+    return [v[s * B:(s + 1) * B] for v in a] if isinstance(a, list) else a[s * B:(s + 1) * B]
+
+
+def _const(tf, a):
+    if a is None:
+        return None
+    return [tf.constant(v) for v in a] if isinstance(a, list) else tf.constant(a)
 
 
 def _perturb_weights(model, rng):
@@ -253,6 +268,65 @@ def _case_specs():
 
     timedistributed()
 
+    def two_inputs():
+        """Functional: tokens -> Embedding -> LSTM and a float series -> LSTM -> Dense(tanh), Concatenate, Dense.
+        Keras orders model.layers (get_weights, the saved groups) deepest first: lstm_series before lstm_tokens,
+        although a depth-first walk from the output meets lstm_tokens first."""
+        V, E, H, T, T2, F, B, N = 30, 6, 5, 7, 5, 3, 4, 3
+
+        def make_two(keras):
+            L = keras.layers
+            tok = keras.Input((T,), dtype="int32", name="tokens")
+            ser = keras.Input((T2, F), dtype="float32", name="series")
+            a = L.LSTM(H, name="lstm_tokens")(L.Embedding(V, E, name="embedding")(tok))
+            b = L.Dense(4, activation="tanh", name="series_dense")(L.LSTM(H, name="lstm_series")(ser))
+            out = L.Dense(1, name="dense")(L.Concatenate(name="concat")([a, b]))
+            return keras.Model([tok, ser], out, name="func2in_concat_mse_sgd")
+
+        def data_two(rng):
+            x = [_tokens(rng, N, B, T, V, False), rng.normal(size=(N * B, T2, F)).astype(np.float32)]
+            return x, rng.normal(size=(N * B, 1)).astype(np.float32)
+
+        specs.append(dict(name="func2in_concat_mse_sgd", make=make_two, data=data_two, batch_size=B, steps=N,
+                          opt=("SGD", {"learning_rate": 0.05, "momentum": 0.9}), loss=("mean_squared_error", {}),
+                          metrics=[],
+                          description="two inputs (token ids, float series): Embedding+LSTM and LSTM+Dense(tanh), "
+                                      "Concatenate, Dense(1); MSE, SGD momentum 0.9. Keras's get_weights() order puts "
+                                      "lstm_series before lstm_tokens (model.layers by depth), and the gradient "
+                                      "flows back through Concatenate",
+                          features=["functional", "multi_input", "concatenate", "embedding", "lstm", "dense:tanh",
+                                    "dense:linear", "int_input", "float_input", "loss:mean_squared_error",
+                                    "repeated_tokens"]))
+
+    two_inputs()
+
+    def sample_weighted():
+        """Per-sample weights: they scale the loss and `weighted_metrics`, not `metrics` (Keras 3)."""
+        V, E, H, T, B, N = 40, 8, 8, 8, 4, 4
+
+        def make_sw(keras):
+            return keras.Sequential([keras.Input((T,), dtype="int32", name="tokens"),
+                                     keras.layers.Embedding(V, E, name="embedding"),
+                                     keras.layers.LSTM(H, name="lstm"),
+                                     keras.layers.Dense(1, activation="sigmoid", name="dense")],
+                                    name="lstm_bce_sgd_sample_weight")
+
+        def data_sw(rng):
+            x = _tokens(rng, N, B, T, V, False)
+            y = rng.integers(0, 2, size=(N * B, 1)).astype(np.float32)
+            return x, y, rng.uniform(0.1, 3.0, size=N * B).astype(np.float32)
+
+        specs.append(dict(name="lstm_bce_sgd_sample_weight", make=make_sw, data=data_sw, batch_size=B, steps=N,
+                          opt=("SGD", {"learning_rate": 0.1}), loss=("binary_crossentropy", {}),
+                          metrics=["accuracy"], weighted_metrics=["accuracy"],
+                          description="Embedding+LSTM+Dense(sigmoid), BCE, SGD lr 0.1, sample_weight in [0.1, 3]: the "
+                                      "loss is sum(w*l)/B; metrics=['accuracy'] is NOT sample-weighted, "
+                                      "weighted_metrics=['accuracy'] is (reported as 'weighted_accuracy')",
+                          features=["embedding", "lstm", "dense:sigmoid", "int_input", "sample_weight",
+                                    "metric:accuracy", "weighted_metric:accuracy", "repeated_tokens"]))
+
+    sample_weighted()
+
     return specs
 
 
@@ -275,24 +349,25 @@ def _opt_obj(keras, opt):
 def _load_compiled(keras, model_path, spec):
     model = keras.saving.load_model(model_path, compile=False)
     model.compile(optimizer=_opt_obj(keras, spec["opt"]), loss=_loss_obj(keras, spec["loss"]),
-                  metrics=list(spec["metrics"]) or None, jit_compile=False)
+                  metrics=list(spec["metrics"]) or None, weighted_metrics=spec.get("weighted_metrics"),
+                  jit_compile=False)
     return model
 
 
-def _run_train_on_batch(keras, model_path, spec, x, y):
+def _run_train_on_batch(keras, model_path, spec, x, y, sw):
     """Per step train_on_batch: weights after every step, reported logs per step."""
     model = _load_compiled(keras, model_path, spec)
     B = spec["batch_size"]
     weights = [model.get_weights()]
     logs = []
     for s in range(spec["steps"]):
-        out = model.train_on_batch(x[s * B:(s + 1) * B], y[s * B:(s + 1) * B], return_dict=True)
+        out = model.train_on_batch(_rows(x, s, B), _rows(y, s, B), sample_weight=_rows(sw, s, B), return_dict=True)
         logs.append({k: float(v) for k, v in out.items()})
         weights.append(model.get_weights())
     return model, weights, logs
 
 
-def _run_fit(keras, model_path, spec, x, y):
+def _run_fit(keras, model_path, spec, x, y, sw):
     model = _load_compiled(keras, model_path, spec)
     weights, fit_logs = [model.get_weights()], []
 
@@ -301,58 +376,60 @@ def _run_fit(keras, model_path, spec, x, y):
             weights.append(self.model.get_weights())
             fit_logs.append({k: float(v) for k, v in logs.items()})
 
-    hist = model.fit(x, y, batch_size=spec["batch_size"], epochs=1, shuffle=False, verbose=0, callbacks=[Rec()])
+    hist = model.fit(x, y, batch_size=spec["batch_size"], epochs=1, shuffle=False, verbose=0, callbacks=[Rec()],
+                     sample_weight=sw)
     return weights, fit_logs, {k: float(v[-1]) for k, v in hist.history.items()}
 
 
-def _dense_grads(tf, model, loss_fn, xb, yb):
+def _dense_grads(tf, model, loss_fn, xb, yb, swb=None):
     with tf.GradientTape() as tape:
         pred = model(xb, training=True)
-        loss = loss_fn(yb, pred)
+        loss = loss_fn(yb, pred, sample_weight=swb)
     grads = tape.gradient(loss, model.trainable_weights)
     return loss, [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices -> dense (sums repeated ids)
 
 
-def _run_dense_loop(keras, tf, model_path, spec, x, y):
+def _run_dense_loop(keras, tf, model_path, spec, x, y, sw):
     """Independent custom loop: GradientTape, densified gradients, optimizer.apply_gradients."""
     model = keras.saving.load_model(model_path, compile=False)
     opt = _opt_obj(keras, spec["opt"])
     loss_fn = _loss_obj(keras, spec["loss"])
 
     @tf.function
-    def step(xb, yb):
-        loss, grads = _dense_grads(tf, model, loss_fn, xb, yb)
+    def step(xb, yb, swb):
+        loss, grads = _dense_grads(tf, model, loss_fn, xb, yb, swb)
         opt.apply_gradients(zip(grads, model.trainable_weights))
         return loss
 
     B = spec["batch_size"]
     weights, losses = [model.get_weights()], []
     for s in range(spec["steps"]):
-        losses.append(float(step(tf.constant(x[s * B:(s + 1) * B]), tf.constant(y[s * B:(s + 1) * B]))))
+        losses.append(float(step(_const(tf, _rows(x, s, B)), _const(tf, _rows(y, s, B)),
+                                 _const(tf, _rows(sw, s, B)))))
         weights.append(model.get_weights())
     return weights, losses
 
 
-def _grads_along(keras, tf, model_path, spec, x, y, weights):
+def _grads_along(keras, tf, model_path, spec, x, y, sw, weights):
     """Dense gradient and loss of step s at the reference weights that step started from."""
     model = keras.saving.load_model(model_path, compile=False)
     loss_fn = _loss_obj(keras, spec["loss"])
 
     @tf.function
-    def grad_fn(xb, yb):
-        return _dense_grads(tf, model, loss_fn, xb, yb)
+    def grad_fn(xb, yb, swb):
+        return _dense_grads(tf, model, loss_fn, xb, yb, swb)
 
     B = spec["batch_size"]
     grads, losses = [], []
     for s in range(spec["steps"]):
         model.set_weights(weights[s])
-        loss, g = grad_fn(tf.constant(x[s * B:(s + 1) * B]), tf.constant(y[s * B:(s + 1) * B]))
+        loss, g = grad_fn(_const(tf, _rows(x, s, B)), _const(tf, _rows(y, s, B)), _const(tf, _rows(sw, s, B)))
         grads.append([gi.numpy() for gi in g])
         losses.append(float(loss))
     return grads, losses
 
 
-def _float64_trajectory(keras, tf, spec, x, y, w0, opt_cfg):
+def _float64_trajectory(keras, tf, spec, x, y, sw, w0, opt_cfg):
     """What an exact implementation would get: the same model in float64, its own float64 gradients each step,
     the NumPy update rule. Distance to the float32 fixture = the fixture's own float32 noise."""
     keras.config.set_dtype_policy("float64")
@@ -363,17 +440,18 @@ def _float64_trajectory(keras, tf, spec, x, y, w0, opt_cfg):
     loss_fn = _loss_obj(keras, spec["loss"])
 
     @tf.function
-    def grad_fn(xb, yb):
-        return _dense_grads(tf, model, loss_fn, xb, yb)
+    def grad_fn(xb, yb, swb):
+        return _dense_grads(tf, model, loss_fn, xb, yb, swb)
 
     B = spec["batch_size"]
     y64 = y.astype(np.float64) if y.dtype.kind == "f" else y
+    sw = None if sw is None else sw.astype(np.float64)
     grads, w = [], [a.astype(np.float64) for a in w0]
     traj = []
     for s in range(spec["steps"]):
         model.set_weights(w)
-        grads.append([g.numpy() for g in grad_fn(tf.constant(x[s * B:(s + 1) * B]),
-                                                  tf.constant(y64[s * B:(s + 1) * B]))[1]])
+        grads.append([g.numpy() for g in grad_fn(_const(tf, _rows(x, s, B)), _const(tf, _rows(y64, s, B)),
+                                                  _const(tf, _rows(sw, s, B)))[1]])
         w = _numpy_trajectory(opt_cfg, spec["opt"][0], w0, grads)[-1]  # replay: the rule keeps no outside state
         traj.append(w)
     return traj
@@ -487,10 +565,14 @@ def build(out, name_filter=""):
         model.save(model_path)
         weight_names = [v.path for v in model.weights]
         assert [v.path for v in model.trainable_weights] == weight_names
-        x, y = spec["data"](rng)
-        save_npz(os.path.join(d, "data.npz"), x=x, y=y)
+        x, y, sw = (tuple(spec["data"](rng)) + (None,))[:3]
+        arrays = {f"x{k}": v for k, v in enumerate(x)} if isinstance(x, list) else {"x": x}
+        arrays["y"] = y
+        if sw is not None:
+            arrays["sample_weight"] = sw
+        save_npz(os.path.join(d, "data.npz"), **arrays)
 
-        ref_model, weights, logs = _run_train_on_batch(keras, model_path, spec, x, y)
+        ref_model, weights, logs = _run_train_on_batch(keras, model_path, spec, x, y, sw)
         opt_cfg = _jsonable_cfg(ref_model.optimizer.get_config())
         loss_cfg = _jsonable_cfg(ref_model.loss.get_config())
         assert ref_model.jit_compile is False
@@ -498,12 +580,12 @@ def build(out, name_filter=""):
         assert _max_diff(model.get_weights(), weights[0]) == 0.0
 
         # checks
-        weights2, logs2 = _run_train_on_batch(keras, model_path, spec, x, y)[1:]
-        fit_w, fit_logs, fit_hist = _run_fit(keras, model_path, spec, x, y)
-        dense_w, dense_losses = _run_dense_loop(keras, tf, model_path, spec, x, y)
-        grads, grad_losses = _grads_along(keras, tf, model_path, spec, x, y, weights)
+        weights2, logs2 = _run_train_on_batch(keras, model_path, spec, x, y, sw)[1:]
+        fit_w, fit_logs, fit_hist = _run_fit(keras, model_path, spec, x, y, sw)
+        dense_w, dense_losses = _run_dense_loop(keras, tf, model_path, spec, x, y, sw)
+        grads, grad_losses = _grads_along(keras, tf, model_path, spec, x, y, sw, weights)
         rule_w = _numpy_trajectory(opt_cfg, spec["opt"][0], weights[0], grads)
-        f64_w = _float64_trajectory(keras, tf, spec, x, y, weights[0], opt_cfg)
+        f64_w = _float64_trajectory(keras, tf, spec, x, y, sw, weights[0], opt_cfg)
 
         losses = np.array([lg["loss"] for lg in logs], np.float32)
         B = spec["batch_size"]
@@ -542,7 +624,7 @@ def build(out, name_filter=""):
             assert "distinct_tokens_per_batch" in spec["features"], name
         if "distinct_tokens_per_batch" in spec["features"]:
             for s in range(spec["steps"]):
-                ids = x[s * B:(s + 1) * B].ravel()
+                ids = _rows(x[0] if isinstance(x, list) else x, s, B).ravel()
                 ids = ids[ids != 0] if "mask_zero" in spec["features"] else ids
                 assert len(np.unique(ids)) == ids.size, (name, s)
 
@@ -564,11 +646,14 @@ def build(out, name_filter=""):
             "format": "keras-v3",
             "data_file": f"{name}/data.npz",
             "expected_file": f"{name}/expected.npz",
-            "x_shape": list(x.shape), "x_dtype": str(x.dtype), "y_shape": list(y.shape), "y_dtype": str(y.dtype),
+            **({"x_shape": list(x.shape), "x_dtype": str(x.dtype)} if not isinstance(x, list) else
+               {"x_shapes": [list(v.shape) for v in x], "x_dtypes": [str(v.dtype) for v in x]}),
+            "y_shape": list(y.shape), "y_dtype": str(y.dtype), "sample_weight": sw is not None,
             "optimizer": {"class": spec["opt"][0], "config": opt_cfg},
             "loss": {"name": spec["loss"][0], "from_logits": bool(loss_cfg.get("from_logits", False)),
                      "class": type(ref_model.loss).__name__, "config": loss_cfg},
             "metrics": metric_names,
+            "compile_metrics": {"metrics": list(spec["metrics"]), "weighted_metrics": spec.get("weighted_metrics", [])},
             "steps": spec["steps"],
             "batch_size": B,
             "shuffle": False,
