@@ -388,11 +388,13 @@ def test_sample_and_class_weights(rng):
     m.compile("sgd", "binary_crossentropy")
     h = m.fit(x, yb, class_weight={0: 0.0, 1: 1.0}, epochs=1, batch_size=6, verbose=0)
     assert np.isfinite(h.history["loss"][0])
+    with pytest.raises(ValueError, match="class_weight or sample_weight"):        # Keras refuses both at once
+        m.fit(x, yb, class_weight={0: 2.0}, sample_weight=sw, epochs=1, verbose=0)
 
 
 def test_validation_split_holds_out_the_last_rows_with_their_sample_weights(rng):
     """Keras 3 fit(validation_split=f): the last floor(n*f) rows of x, y AND sample_weight are the validation set
-    (class_weight weights the training rows only); a one-input, one-output model included."""
+    a one-input, one-output model included."""
     x = rng.normal(size=(10, 5, 3)).astype(np.float32)
     y = rng.integers(0, 2, size=(10, 1)).astype(np.float32)
     sw = rng.uniform(0.2, 3.0, size=10)
@@ -400,7 +402,7 @@ def test_validation_split_holds_out_the_last_rows_with_their_sample_weights(rng)
     m = fastlstm.Sequential([fastlstm.Input((5, 3)), L.LSTM(4), L.Dense(1, activation="sigmoid")])
     m.compile(fastlstm.optimizers.SGD(0.1), "binary_crossentropy", metrics=["accuracy"],
               weighted_metrics=["accuracy"])
-    h = m.fit(x, y, sample_weight=sw, class_weight={0: 3.0, 1: 1.0}, validation_split=0.3, epochs=2, batch_size=4,
+    h = m.fit(x, y, sample_weight=sw, validation_split=0.3, epochs=2, batch_size=4,
               shuffle=False, verbose=0).history
     val = m.evaluate(x[7:], y[7:], sample_weight=sw[7:], batch_size=4, verbose=0, return_dict=True)
     for k in ("loss", "accuracy", "weighted_accuracy"):

@@ -385,8 +385,13 @@ def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, 
         sw = None if sw is None else sw[:split]
         n = split
     if class_weight is not None:
-        cw = _class_weights(class_weight, ys[0])
-        sw = cw if sw is None else sw * cw
+        # Keras 3 (array_data_adapter): class_weight is for one output and never together with sample_weight
+        if sw is not None:
+            raise ValueError("fit(): give class_weight or sample_weight, not both (as in Keras)")
+        if len(ys) > 1:
+            raise ValueError(f"fit(): class_weight is only supported for models with a single output; this one "
+                             f"has {len(ys)} {model.output_names}")
+        sw = _class_weights(class_weight, ys[0])
     if n == 0:
         raise ValueError("fit() got no training samples")
     trainer.setup()
