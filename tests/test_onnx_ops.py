@@ -76,6 +76,9 @@ CASES = {
     "clip6": ([N("Clip", ["x"], ["y"], min=-0.5, max=0.6)], {"x": X3}, ["y"], 6, None),
     "softmax13": ([N("Softmax", ["x"], ["a"], axis=1), N("LogSoftmax", ["x"], ["b"])], {"x": X3}, ["a", "b"], 13,
                   None),
+    "global_pools": ([N("GlobalAveragePool", ["x"], ["a"]), N("GlobalMaxPool", ["x"], ["b"]),
+                      N("GlobalAveragePool", ["x4"], ["c"]), N("GlobalMaxPool", ["x4"], ["d"])],
+                     {"x": X3, "x4": X4}, list("abcd"), 17, None),
     "softmax11_2d_coercion": ([N("Softmax", ["x"], ["a"], axis=1), N("LogSoftmax", ["x"], ["b"])], {"x": X3},
                               ["a", "b"], 11, None),
     # matrix products

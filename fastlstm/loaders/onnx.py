@@ -329,7 +329,8 @@ _SHAPE_PARAMS = {
 _SHAPE_STABLE = ELEMENTWISE | set(_SHAPE_PARAMS) | {
     "MatMul", "Gemm", "Transpose", "Concat", "Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements",
     "Scatter", "Flatten", "Softmax", "LogSoftmax", "LSTM", "GRU", "RNN", "Dropout", "LayerNormalization",
-    "BatchNormalization", "ReverseSequence", "ArgMax", "ArgMin", "Einsum", "CastLike", "EyeLike", "Trilu"} | \
+    "BatchNormalization", "GlobalAveragePool", "GlobalMaxPool", "ReverseSequence", "ArgMax", "ArgMin", "Einsum",
+    "CastLike", "EyeLike", "Trilu"} | \
     {n for n in OPS if n.startswith("Reduce")}
 _SHAPE_CACHE_ENTRIES = 8                 # input signatures remembered per model
 _SHAPE_CACHE_MAX_BYTES = 1 << 22         # a signature whose shape-only values are larger is not cached

@@ -346,6 +346,10 @@ class _BatchAxes:
             if a >= axis_attr("axis", -1):
                 raise fail
             return [(a, r, ex)] * n_out
+        if op in ("GlobalAveragePool", "GlobalMaxPool") and single:
+            if a >= 2:
+                raise fail                  # pooled over
+            return [(a, r, ex)]
         if op == "BatchNormalization" and single:
             consts_only()
             if a == 1 or n_out > 1:

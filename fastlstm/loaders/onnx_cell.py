@@ -23,7 +23,8 @@ from .._kernels import acts
 from ..backend import get_backend
 
 _FLOAT = ("float32", "float64")
-_N_PROBE = 3
+_N_PROBE = 24            # probe rows: enough that every gate sees pre-activations of both signs (see _probe_rows)
+_PROBE_SCALES = (0.3, 1.0, 3.0)
 _TOL = dict(rtol=2e-4, atol=2e-5)
 _REC_ORDER = ["sigmoid", "hard_sigmoid", "hard_sigmoid_keras2", "tanh", "relu", "linear", "softsign", "softplus",
               "elu", "selu", "silu", "exponential", "relu6", "hard_silu", "leaky_relu", "gelu"]
@@ -118,8 +119,8 @@ def _recognize(view, runner):
     # 2. probe the body once
     rng = np.random.default_rng(12345)
     dt = k_mat.dtype
-    x_probe = rng.normal(0, 1, (1, _N_PROBE, I)).astype(dt)
-    mask_probe = np.array([True, False, True])[None, :, None] if mask_src else None
+    x_probe = _probe_rows(rng, (_N_PROBE, I))[None].astype(dt)
+    mask_probe = (np.arange(_N_PROBE) % 3 != 1)[None, :, None] if mask_src else None
     env = body.env_for({})
     env[names[0]] = np.array(0, np.int64)
     env[names[1]] = np.array(True)
@@ -130,7 +131,7 @@ def _recognize(view, runner):
         if nm == counter:
             probe_in[nm] = np.array(0, _np_elem(vi.elem_type, np.int64))
         elif vi.elem_type in (0, 1, 11):
-            probe_in[nm] = rng.normal(0, 1, (_N_PROBE, H)).astype(dt)
+            probe_in[nm] = _probe_rows(rng, (_N_PROBE, H)).astype(dt)
         elif vi.elem_type == 9:
             probe_in[nm] = np.array(True)
         else:
@@ -168,6 +169,15 @@ def _recognize(view, runner):
                     return _FusedLoop(view, runner, kind, cell, acts_pair, roles, counter, h_name, c_name,
                                       x_gather.inputs[0], mask_src, H)
     raise _Fail
+
+
+def _probe_rows(rng, shape):
+    """Random probe values, rows at a few scales. Candidate activations agree on part of their domain (elu, relu,
+    leaky_relu and linear for x > 0; relu and relu6 below 6), so a probe must push every gate's pre-activation
+    to both signs and to large values, or a wrong candidate explains the body (a 3-row probe picked linear for
+    elu on a real tf2onnx GRU loop)."""
+    scales = np.resize(np.array(_PROBE_SCALES), shape[0])[:, None]
+    return rng.normal(0, 1, shape) * scales
 
 
 def _closure(body, targets):

@@ -340,6 +340,14 @@ def _batch_norm(node):
     return run
 
 
+@op("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(node):
+    # mean / max over every axis after (N, C), kept as size 1 (tf2onnx writes Keras 3's LayerNormalization moments,
+    # a mean over the last axis of (B, T, C), as GlobalAveragePool)
+    fn = np.mean if node.op_type == "GlobalAveragePool" else np.max
+    return lambda x: (fn(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype, copy=False),)
+
+
 @op("Dropout")
 def _dropout(node):
     return lambda x, *rest: (x, np.ones(x.shape, dtype=bool))

@@ -145,6 +145,23 @@ def _tk_specs(k):
         i = k.Input(shape=(None, 3), name="series")
         return model(i, L.Dense(1, name="dense")(L.LSTM(10, name="lstm")(i)), "m")
 
+    def gru_elu_masked():
+        i = tok_in()
+        y = L.GRU(3, activation="elu", name="gru")(emb(i, mask_zero=True))
+        m = model(i, L.Dense(2, name="dense")(y), "m")
+
+        def widen(m):
+            # candidate input bias +3 with embeddings spread to +-4: inputs of unit size give positive candidate
+            # pre-activations (where elu == linear), the real tokens negative ones as well
+            e = m.get_layer("embedding")
+            e.set_weights([4.0 * e.get_weights()[0]])
+            g = m.get_layer("gru")
+            kernel, rec, bias = g.get_weights()
+            bias[0, 6:] = 3.0
+            g.set_weights([kernel, rec, bias])
+        m.fixture_weights = widen
+        return m
+
     return [
         ("tf2onnx_embed_lstm_dense", 15, embed_lstm_dense, tokens,
          "tf_keras Embedding(30,8) -> LSTM(8) -> Dense(1, sigmoid), tf2onnx default opset 15",
@@ -198,6 +215,14 @@ def _tk_specs(k):
         ("tf2onnx_timeseries_lstm_op17", 17, timeseries, series,
          "float time series [B,T,3] -> LSTM(10) -> Dense(1) regression, opset 17",
          ["lstm", "float_input", "regression", "opset17"], False),
+        ("tf2onnx_gru_elu_masked_loop_op18", 18, gru_elu_masked, padded_tokens,
+         "Embedding(mask_zero=True) -> GRU(3, activation='elu') -> Dense(2), opset "
+         "18: a masked GRU Loop whose candidate activation is Elu. Candidate input bias +3 and embeddings "
+         "spread to +-4: unit-size inputs give positive candidate pre-activations, where elu == linear, the real "
+         "tokens negative ones too; the cell recognizer must probe both signs (found by tools/fuzz_onnx.py: a "
+         "3-row probe took a tf2onnx GRU's elu for linear, max error 2.4)",
+         ["embedding", "gru", "mask_zero", "masking", "reset_after", "activation:elu", "int_input", "unfused",
+          "opset18"], True),
     ]
 
 
@@ -216,6 +241,8 @@ def build_tf2onnx(out, name_filter):
         tf.random.set_seed(idx)
         model = build()
         perturb(model, rng)
+        if hasattr(model, "fixture_weights"):      # a recipe's own weight adjustment after the seeded ones
+            model.fixture_weights(model)
         x = data(rng)
         in_name = model.inputs[0].name.split(":")[0]
         shape = (None, None) if x.ndim == 2 else (None, None, x.shape[2])      # dynamic batch and time
@@ -275,6 +302,12 @@ def _k3_specs(keras):
         y = L.LSTM(10, name="lstm")(i)
         return keras.Model(i, L.Dense(1, name="dense")(y))
 
+    def layernorm():
+        i = tok_in()
+        y = L.LSTM(6, return_sequences=True, name="lstm")(emb(i))
+        y = L.LayerNormalization(name="layer_normalization")(y)
+        return keras.Model(i, L.Dense(2, name="dense")(L.LSTM(5, name="lstm_1")(y)))
+
     return [
         ("k3export_embed_lstm_dense", embed_lstm, tokens,
          "Keras 3 Embedding(30,8) -> LSTM(8) -> Dense(1, sigmoid) via model.export(format='onnx'): fused LSTM, "
@@ -296,6 +329,12 @@ def _k3_specs(keras):
          ["embedding", "lstm", "stacked", "return_sequences", "dense:softmax", "int_input"], False),
         ("k3export_timeseries_lstm", timeseries, series,
          "Keras 3 float time series [B,T,3] -> LSTM(10) -> Dense(1)", ["lstm", "float_input", "regression"], False),
+        ("k3export_lstm_layernorm", layernorm, tokens,
+         "Keras 3 Embedding -> LSTM(6, rs) -> LayerNormalization -> LSTM(5) -> Dense(2): tf2onnx writes the "
+         "LayerNormalization moments (means over the last axis of [B,T,6]) as GlobalAveragePool (found by "
+         "tools/fuzz_onnx.py: refused as an unsupported op while onnxruntime runs the file)",
+         ["embedding", "lstm", "stacked", "return_sequences", "layer_normalization", "int_input",
+          "onnx:GlobalAveragePool"], False),
     ]
 
 
