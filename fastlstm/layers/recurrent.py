@@ -45,6 +45,10 @@ class RNN(Layer):
 
     n_states = 1
     gates = 1
+    # tf_keras / Keras 2 (base_rnn.py; the loader sets it for Keras-2 files): a stateful layer called with
+    # initial_state runs from its carried state instead once that state is non-zero. Keras 3 always uses
+    # initial_state.
+    keras2_stateful_initial_state = False
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
@@ -153,6 +157,9 @@ class RNN(Layer):
         return x
 
     def _initial_states(self, B, dtype, initial_state):
+        if (initial_state is not None and self.keras2_stateful_initial_state and self.stateful
+                and self.states is not None and any(np.any(s) for s in self.states)):
+            initial_state = None
         if initial_state is not None:
             if not isinstance(initial_state, (list, tuple)):
                 initial_state = [initial_state]
@@ -626,15 +633,20 @@ class Bidirectional(Layer):
         self.backward_layer.reset_states()
 
     def compute_output_shape(self, input_shape):
+        # a backward_layer may have its own width (concat / merge_mode=None)
         fw = self.forward_layer.compute_output_shape(input_shape)
-        out = fw[0] if self.return_state else fw
-        states = fw[1:] if self.return_state else []
+        bw = self.backward_layer.compute_output_shape(input_shape)
+        fw_out, fw_states = (fw[0], fw[1:]) if self.return_state else (fw, [])
+        bw_out, bw_states = (bw[0], bw[1:]) if self.return_state else (bw, [])
         if self.merge_mode == "concat":
-            out = out[:-1] + (2 * self.units,)
-        outs = [out, out] if self.merge_mode is None else [out]
+            outs = [fw_out[:-1] + (fw_out[-1] + bw_out[-1],)]
+        elif self.merge_mode is None:
+            outs = [fw_out, bw_out]
+        else:
+            outs = [fw_out]
         if self.return_state:
-            return outs + states + states
-        return outs if self.merge_mode is None else out
+            return outs + list(fw_states) + list(bw_states)
+        return outs if self.merge_mode is None else outs[0]
 
     def compute_mask(self, inputs, mask=None):
         out_mask = mask if self.return_sequences else None

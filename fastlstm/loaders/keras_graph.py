@@ -345,7 +345,10 @@ class GraphBuilder:
     def call_object(self, entry, args, kwargs, container):
         obj, name, cls = entry["obj"], entry["name"], entry["class_name"]
         where = f"{self.where}: layer {name!r} ({cls})"
-        kwargs = {k: v for k, v in kwargs.items() if k != "training" and not (k == "mask" and v is None)}
+        # null call arguments mean "not given" (tf_keras writes {"initial_state": null, "constants": null} into
+        # every inbound entry of a Bidirectional called with initial states)
+        kwargs = {k: v for k, v in kwargs.items()
+                  if k != "training" and not (k in ("mask", "initial_state", "constants") and v is None)}
         if isinstance(obj, _OpSpec):
             return [obj.call(args, kwargs, where)]
         if len(args) != 1:

@@ -349,11 +349,14 @@ def make_layer(entry, fl, where, table=None):
                              f"{', '.join(supported_names())}")
     _check_dtype(cfg, where)
     try:
-        return table[cls](cfg, fl, where)
+        layer = table[cls](cfg, fl, where)
     except ModelLoadError:
         raise
     except (ValueError, TypeError, KeyError) as e:
         raise ModelLoadError(f"{where}: cannot build {cls} from its config: {e}") from None
+    if isinstance(layer, recurrent.RNN):
+        layer.keras2_stateful_initial_state = fl.keras2
+    return layer
 
 
 # ---------------------------------------------------------------------------------------------- CuDNN weights

@@ -858,6 +858,73 @@ def r_textclf_bigru(g, rng):
                 train=dict(x=[xt], y=yt, loss="sparse_categorical_crossentropy", epochs=1))
 
 
+def r_bidi_backward_units(g, rng):
+    L, K = g.L, g.K
+    x_in = K.Input((None, 3), name="x")
+    cat = L.Bidirectional(L.LSTM(6, return_sequences=True), name="bidi_concat",
+                          backward_layer=L.LSTM(3, return_sequences=True, go_backwards=True))(x_in)
+    head = L.Dense(2, name="head")(cat)
+    fw, bw, h_fw, h_bw = L.Bidirectional(L.GRU(5, return_state=True), merge_mode=None, name="bidi_none",
+                                         backward_layer=L.GRU(2, return_state=True, go_backwards=True))(x_in)
+    tail = L.Dense(1, name="tail")(L.Concatenate(name="cat")([fw, bw, h_fw, h_bw]))
+    m = K.Model(x_in, [head, tail], name="bidi_backward_units")
+    x = [series(rng, 3, 6, 3)]
+    return Spec(m, x, ["functional", "bidirectional:concat", "bidirectional:none", "backward_layer",
+                       "backward_layer_units_differ", "lstm", "gru", "return_state", "concatenate", "dense_3d"],
+                "Bidirectional layers whose backward_layer has another width: LSTM(6) forward + LSTM(3) backward, "
+                "concat -> (B,T,9) -> Dense(2); GRU(5) forward + GRU(2) backward, merge_mode=None, return_state -> "
+                "[fw (B,5), bw (B,2), h_fw (B,5), h_bw (B,2)] -> Concatenate -> Dense(1). The layers after them are "
+                "built for 9 and 14 features (Keras 3.15 cannot run these: its Bidirectional.compute_output_shape "
+                "assumes equal widths)")
+
+
+def r_bidi_initial_state(g, rng):
+    L, K = g.L, g.K
+    enc_in = K.Input((None, 3), name="enc")
+    dec_in = K.Input((None,), dtype="int32", name="dec")
+    _, h_fw, c_fw, h_bw, c_bw = L.Bidirectional(L.LSTM(5, return_state=True), name="encoder")(enc_in)
+    e = L.Embedding(20, 4, mask_zero=True, name="dec_embed")(dec_in)
+    seq = L.Bidirectional(L.LSTM(5, return_sequences=True), merge_mode="sum", name="decoder")(
+        e, initial_state=[h_fw, c_fw, h_bw, c_bw])
+    out = L.Dense(3, name="proj")(seq)
+    m = K.Model([enc_in, dec_in], out, name="bidi_init")
+    x = [series(rng, 5, 6, 3), tokens(rng, 5, 7, 20, ["none", "pre", "post", "mid", "full"])]
+    return Spec(m, x, ["functional", "multi_input", "bidirectional:concat", "bidirectional:sum", "lstm",
+                       "return_state", "initial_state", "bidirectional_initial_state", "embedding", "mask_zero",
+                       "return_sequences", "int_input", "fully_masked_row"],
+                "Bidirectional seq2seq: encoder Bidirectional(LSTM(5, return_state)) -> [h_fw, c_fw, h_bw, c_bw] is "
+                "the initial_state of decoder Bidirectional(LSTM(5, return_sequences), merge_mode='sum') on "
+                "Embedding(20,4,mask_zero) tokens -> Dense(3). "
+                + ("Keras 3 drops the Embedding mask here (a call with initial_state gets no implicit mask)"
+                   if g.k3 else "tf_keras writes {'initial_state': null, 'constants': null} into each of the "
+                   "decoder's inbound entries [[embedding], [encoder, 0, 1..4]] and propagates the mask") + "; rows "
+                "none, pre, post, mid, full")
+
+
+def r_stateful_initial_state(g, rng):
+    L, K = g.L, g.K
+    B = 2
+    x_in = K.Input((None, 3), batch_size=B, name="x")
+    s_in = K.Input((4,), batch_size=B, name="s")
+    seq = L.GRU(4, stateful=True, return_sequences=True, name="gru")(
+        x_in, initial_state=[L.Dense(4, activation="tanh", name="h0")(s_in)])
+    last = L.LSTM(3, stateful=True, name="lstm")(
+        seq, initial_state=[L.Dense(3, name="h1")(s_in), L.Dense(3, name="c1")(s_in)])
+    out = L.Dense(2, name="head")(last)
+    m = K.Model([x_in, s_in], [seq, out], name="stateful_init")
+    steps = ((4, False), (3, False), (5, False), (2, True), (3, False))      # (T, reset_states before)
+    calls = [([series(rng, B, T, 3), rng.standard_normal((B, 4)).astype(np.float32)], reset) for T, reset in steps]
+    rule = ("Keras 3 uses the given initial_state on every call (the carried state is overwritten)" if g.k3 else
+            "tf_keras (base_rnn.py) uses the layer's carried state instead of initial_state once that state is "
+            "non-zero, i.e. on every call but the first after reset_states()")
+    return Spec(m, calls[0][0], ["functional", "multi_input", "multi_output", "stateful", "stateful_calls",
+                                 "fixed_batch_size", "initial_state", "stateful_initial_state", "gru", "lstm",
+                                 "return_sequences"],
+                "stateful GRU(4, rs) and LSTM(3) with batch size 2, each called with initial_state from Dense layers "
+                "of input 's' (a new value every call): " + rule + ". 'calls' replays 5 predict calls (T=4,3,5,2,3), "
+                "reset_states() before call 3", calls=calls, batch_size=B)
+
+
 BOTH_ALL = {"k3": ["k3", "k3dir", "k3h5", "k3w"], "tk": ["tk2", "tk2w", "tk2k", "tk2kw"]}
 RECIPES = [  # base name, recipe, formats per generation
     ("textclf", r_textclf, BOTH_ALL),
@@ -899,6 +966,10 @@ RECIPES = [  # base name, recipe, formats per generation
     ("simple_rnn", r_simple_rnn, {"k3": ["k3"], "tk": ["tk2"]}),
     ("timeseries", r_timeseries, {"k3": ["k3", "k3h5"], "tk": ["tk2"]}),
     ("textclf_bigru", r_textclf_bigru, {"k3": ["k3"], "tk": ["tk2"]}),
+    # found by tools/fuzz_keras.py
+    ("bidi_backward_units", r_bidi_backward_units, {"tk": ["tk2", "tk2kw"]}),
+    ("bidi_initial_state", r_bidi_initial_state, {"k3": ["k3"], "tk": ["tk2", "tk2k"]}),
+    ("stateful_initial_state", r_stateful_initial_state, {"k3": ["k3"], "tk": ["tk2", "tk2w"]}),
 ]
 
 
