@@ -240,8 +240,9 @@ class StreamSession:
         self._chain = None if self._fast is not None else self._make_chain()
         self._plan = True
         if self._fast is not None:
-            # session.step(x) calls the fast path directly: one Python call less per step (a service's hot
-            # path); it does what step() documents
+            # session.step(x) calls the bound closure directly: one Python call less per step (a service's
+            # hot path); the closure does what step() documents
+            self._fast.__doc__ = StreamSession.step.__doc__
             self.step = self._fast
 
     def _make_chain(self):
@@ -327,19 +328,14 @@ class StreamSession:
             coerce = self._coerce
 
             def step_packed(x):
-                # the stepper's call() is session.step; it comes here when the weights changed or x needs
-                # converting
-                if lyr._cast is not r._cast_seen:          # re-read and repack the weights, then bind again
+                if lyr._cast is not r._cast_seen:          # the weights changed: re-read and repack them
                     r.refresh()
-                    r.stepper.bind(lyr, r._cast_seen, seq, step_packed)
-                    self._fast = self.step = r.stepper.call
                 y = r.stepper.step(x, seq)
                 if y is None:                               # not a float32 (1, k, I) C-contiguous array
                     y = r.stepper.step(coerce(x), seq)
                 return y
 
-            r.stepper.bind(lyr, r._cast_seen, seq, step_packed)
-            return r.stepper.call
+            return step_packed
         B, dt, H = self.batch_size, np.dtype(self.dtype), r.H
         lyr = r.layer
         I = lyr.input_dim

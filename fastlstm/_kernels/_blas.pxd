@@ -328,11 +328,8 @@ cdef class Packed64:
 
 cdef class Stepper:
     """Base of the batch-1 float32 steppers of the streaming sessions (lstm_cy.LSTMStepper, gru_cy.GRUStepper):
-    the Python entry points step(), call() (set up by bind()) and run(); a subclass sets n_in, units, h (its
-    state h, H floats) and implements _advance."""
+    the Python entry points step() and run(); a subclass sets n_in, units, h (its state h, H floats) and
+    implements _advance."""
     cdef float *h
     cdef readonly Py_ssize_t n_in, units     # I, H (`I` is a C macro)
-    cdef bint sequences                      # call(): return every step's h (see bind)
-    cdef object _layer, _cast_seen, _fallback
-    cdef object _step(self, x, bint sequences)
     cdef void _advance(self, const float* x, Py_ssize_t k, float* y) noexcept nogil

@@ -113,24 +113,6 @@ cdef class Stepper:
         """Advance over x, a float32 C-contiguous array of shape (1, k, I), k >= 1. Returns a new array:
         (1, k, H) with every step's h when `sequences`, else (1, H), the last h. Returns None when x is
         anything else (the caller converts it and calls again). The GIL is released while it runs."""
-        return self._step(x, sequences)
-
-    def bind(self, layer, cast_seen, bint sequences, fallback):
-        """Set up call() for a streaming session: `layer` is the layer whose weights this stepper was made from
-        while layer._cast (its weight cache, a new dict whenever the weights change) was `cast_seen`;
-        `fallback(x)` does what call() does on the slow path."""
-        self._layer, self._cast_seen, self.sequences, self._fallback = layer, cast_seen, sequences, fallback
-
-    def call(self, x):
-        """A streaming session's step(x) in one call: step(x, sequences) as set by bind(), or fallback(x) when
-        the layer's weights changed since (the fallback repacks them) or x needs converting first."""
-        cdef object y
-        if self._layer is None or self._layer._cast is not self._cast_seen:
-            return self._fallback(x)
-        y = self._step(x, self.sequences)
-        return self._fallback(x) if y is None else y
-
-    cdef object _step(self, x, bint sequences):
         cdef cnp.ndarray a
         cdef cnp.ndarray out
         cdef cnp.npy_intp dims[3]
