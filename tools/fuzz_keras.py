@@ -21,9 +21,9 @@ recorded too, to tell float32 rounding from wrong numbers). A subprocess running
 Failures are minimized (smaller specs tried greedily, kept while the same format still fails the same way) and
 written to <work>/failures/ with a Keras-like description.
 
-Statuses: ok, mismatch (values / shapes), numeric (a mismatch float32 rounding explains: fastlstm in float64 equals
-Keras in float64 (same weights, dtype policies edited) and fastlstm in float32 is no further from it than Keras in
-float32; an ill-conditioned model), names (input / output names differ),
+Statuses: ok, mismatch (values / shapes), numeric (a mismatch float32 rounding explains: fastlstm and Keras agree
+in float64 (same weights, dtype policies edited) far better than in float32, and fastlstm in float32 is about as
+close to float64 as Keras in float32; an ill-conditioned model, or overflow), names (input / output names differ),
 load_error (ModelLoadError on a file Keras reloads), crash (any other exception), keras_reload_error (Keras cannot
 reload its own file: expected outputs then come from the in-memory model), keras_predict_quirk (Keras' predict()
 disagrees with its own eager call: the eager outputs are expected), keras_unroll_quirk (unroll=True changes
@@ -1017,24 +1017,24 @@ def _check_file(fastlstm, case, entry):
                     for k in range(len(results)))]
             k64_paths = [os.path.join(case["dir"], f"keras64_{k}.npz") for k in range(len(results))]
             if all(os.path.exists(p) for p in k64_paths):
-                # float32 rounding, not a wrong computation, when fastlstm in float64 equals Keras in float64 and
-                # fastlstm in float32 is no further from that than Keras in float32 is
+                # float32 rounding, not a wrong computation, when fastlstm and Keras agree in float64 far better
+                # than Keras float32 agrees with float64 (TF's float64 gelu is only good to 5e-9, so not to 1e-12),
+                # and fastlstm in float32 is about as close to float64 as Keras in float32 (ill-conditioned models
+                # scatter rounding errors by ~10x either way). Overflow (inf / |y| > 1e30) is numeric too.
                 k64 = [[z[f"y{i}"] for i in range(len(z.files))] for z in map(np.load, k64_paths)]
-                row["fastlstm64_vs_keras64"] = _maxdiff(r64, k64)
-                row["fastlstm32_vs_keras64"] = _maxdiff(results, k64)
-                row["keras32_vs_keras64"] = _maxdiff(exp, k64)
-                same64 = all(np.allclose(a, b, rtol=1e-6, atol=1e-8, equal_nan=True)
-                             for ra, rb in zip(r64, k64) for a, b in zip(ra, rb))
-                if same64 and row["fastlstm32_vs_keras64"] <= 2 * row["keras32_vs_keras64"] + TOL["atol"]:
+                d64 = row["fastlstm64_vs_keras64"] = _maxdiff(r64, k64)
+                d32 = row["fastlstm32_vs_keras64"] = _maxdiff(results, k64)
+                k32 = row["keras32_vs_keras64"] = _maxdiff(exp, k64)
+                overflow = row.get("keras_nonfinite") or max(
+                    (float(np.nanmax(np.abs(a))) for ra in k64 for a in ra if np.size(a)), default=0.0) > 1e30
+                if overflow or (d64 <= max(1e-8, 0.1 * k32) and d32 <= 10 * k32 + TOL["atol"]):
                     row["status"] = "numeric"
             else:
                 # no Keras float64 twin: float32 rounding explains the difference when fastlstm's own float32
-                # error (against its float64 run) is of the same order as Keras' error, or exceeds the tolerance
+                # error (against its float64 run) is of the same order as Keras' error
                 row["f64_vs_fastlstm"] = _maxdiff(results, r64)
                 row["f64_vs_keras"] = _maxdiff(exp, r64)
-                noisy = any(not np.allclose(a, b, equal_nan=True, **TOL) for ra, rb in zip(results, r64)
-                            for a, b in zip(ra, rb) if np.size(a) and np.all(np.isfinite(b)))
-                if noisy or row["f64_vs_fastlstm"] >= NUMERIC_RATIO * row["f64_vs_keras"]:
+                if row["f64_vs_fastlstm"] >= NUMERIC_RATIO * row["f64_vs_keras"]:
                     row["status"] = "numeric"
         except Exception:  # noqa: BLE001
             pass
