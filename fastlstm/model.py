@@ -211,9 +211,42 @@ class Model:
                 values[t.id] = (o, m)
         return values
 
+    def _token_row_nodes(self):
+        """Indices of the Embedding nodes whose output feeds exactly one recurrent layer (LSTM, GRU, SimpleRNN,
+        Bidirectional), as its only input, and nothing else: they hand it TokenRows (Embedding.rows) instead of
+        the gathered array, so that the layer projects each distinct token once."""
+        cached = getattr(self, "_token_rows_cache", None)
+        if cached is not None and cached[0] is self._nodes:
+            return cached[1]
+        from .layers.core import Embedding
+        from .layers.recurrent import RNN, Bidirectional
+        readers = {}
+        for node in self._nodes:
+            for t in node.tensor_args():
+                readers.setdefault(t.id, []).append(node)
+        outputs = {t.id for t in self.outputs}
+        found = set()
+        for k, node in enumerate(self._nodes):
+            if not isinstance(node.layer, Embedding) or len(node.outputs) != 1:
+                continue
+            t = node.outputs[0]
+            r = readers.get(t.id, [])
+            if t.id not in outputs and len(r) == 1 and isinstance(r[0].layer, (RNN, Bidirectional)) \
+                    and len(r[0].inputs) == 1 and r[0].inputs[0].id == t.id:
+                found.add(k)
+        self._token_rows_cache = (self._nodes, found)
+        return found
+
     def _run_graph(self, xs):
         """Evaluate the graph on validated input arrays; returns the list of output arrays."""
-        values = self._walk(xs, lambda k, node, arg, mask, kwargs: node.layer.call(arg, mask=mask, **kwargs))
+        rows = self._token_row_nodes()
+
+        def run_node(k, node, arg, mask, kwargs):
+            if k in rows:
+                return node.layer.rows(arg)
+            return node.layer.call(arg, mask=mask, **kwargs)
+
+        values = self._walk(xs, run_node)
         return [values[t.id][0] for t in self.outputs]
 
     def __call__(self, x, training=False):

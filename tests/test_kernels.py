@@ -170,3 +170,46 @@ def test_reverse_equals_flipped_forward():
     f["x"] = np.ascontiguousarray(a["x"][::-1])
     lstm_ref.lstm_forward(*f.values())
     np.testing.assert_allclose(a["y_out"], f["y_out"][::-1], rtol=1e-12)
+
+
+def _projected(args, cell):
+    """The same call in projected-input mode: x (T, B, 0), w_x (0, G), z_ws preset to x @ w_x."""
+    out = copy_args(args)
+    x, w_x = args["x"], args["w_x"]
+    T, B, I = x.shape
+    out["z_ws"][...] = (x.reshape(T * B, I) @ w_x).reshape(T, B, -1)
+    out["x"] = np.zeros((T, B, 0), x.dtype)
+    out["w_x"] = np.zeros((0, w_x.shape[1]), x.dtype)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("cell, opts", [("lstm", {}), ("lstm", dict(mask="random", reverse=True)),
+                                        ("lstm", dict(peepholes=True, mask="post")),
+                                        ("gru", {}), ("gru", dict(reset_after=False, mask="random")),
+                                        ("gru", dict(reverse=True, mask="post"))], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 3, 4), (6, 4, 9, 7), (10, 13, 6, 9), (4, 33, 5, 16)], ids=str)
+def test_projected_input_mode(backend, dtype, cell, opts, shape):
+    """x (T, B, 0) with z_ws holding x @ w_x (an Embedding's distinct tokens projected once) equals the normal
+    call: same outputs; backward gives the same recurrent gradients, and dz_ws carries the input side:
+    dx = dz @ w_x^T, dw_x = x^T dz reproduce the reference's."""
+    k = get_backend(backend)
+    make, make_bwd = (lstm_args, lstm_backward_args) if cell == "lstm" else (gru_args, gru_backward_args)
+    fwd_out = LSTM_FWD_OUT if cell == "lstm" else GRU_FWD_OUT
+    args = make(*shape, dtype, np.random.default_rng(3), training=True, **opts)
+    ref, proj = copy_args(args), _projected(args, cell)
+    (lstm_ref.lstm_forward if cell == "lstm" else gru_ref.gru_forward)(*ref.values())
+    (k.lstm_forward if cell == "lstm" else k.gru_forward)(*proj.values())
+    _compare(ref, proj, fwd_out, dtype, backend)
+    bref, bproj = make_bwd(ref), make_bwd(proj)
+    (lstm_ref.lstm_backward if cell == "lstm" else gru_ref.gru_backward)(*bref.values())
+    (k.lstm_backward if cell == "lstm" else k.gru_backward)(*bproj.values())
+    rest = [n for n in (LSTM_BWD_OUT if cell == "lstm" else GRU_BWD_OUT) if n not in ("dx_out", "dw_x_out")]
+    _compare(bref, bproj, rest, dtype, backend)
+    assert bproj["dx_out"].size == 0 and bproj["dw_x_out"].size == 0
+    T, B, I = args["x"].shape
+    dz = bproj["dz_ws"].reshape(T * B, -1)
+    x2 = args["x"].reshape(T * B, I)
+    np.testing.assert_allclose((dz @ args["w_x"].T).reshape(T, B, I), bref["dx_out"], **TOL[dtype])
+    np.testing.assert_allclose(x2.T @ dz, bref["dw_x_out"], **TOL[dtype])

@@ -296,7 +296,7 @@ def clip_grad_row(dz, z, clip):
 @njit(**NUMBA_FLAGS)
 def add_outer_product(out, a, b):
     """out += a.T @ b   (a (M, K), b (M, N), out (K, N); one GEMM plus an add)."""
-    if a.shape[0] > 0:
+    if a.shape[0] > 0 and a.shape[1] > 0:
         out += np.dot(a.T, b)
 
 

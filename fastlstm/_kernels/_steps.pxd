@@ -7,6 +7,12 @@ cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcep
     memcpy(dst, src, n * sizeof(floating))
 
 
+cdef inline void _add(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        dst[j] += src[j]
+
+
 cdef inline Py_ssize_t _step(Py_ssize_t k, Py_ssize_t T, bint reverse) noexcept nogil:
     """time index of the k-th processed step"""
     return T - 1 - k if reverse else k

@@ -25,7 +25,7 @@ from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
-from fastlstm._kernels._steps cimport _copy, _step
+from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, fl_gemv_packed64,
                                       gemm, matmul_acc, pack_weights)
 
@@ -168,15 +168,20 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
     cdef float *wp_n = NULL if reset_after else pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, False, B, T)
     # z_ws = b_x (+ b_hn on the n slice for reset_before), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
-        _copy(z_ws + r * G, b_x, G)
+        if I == 0:
+            _add(z_ws + r * G, b_x, G)       # projected input: z_ws holds x @ w_x already
+        else:
+            _copy(z_ws + r * G, b_x, G)
         if not reset_after:
             for j in range(H):
                 z_ws[r * G + 2 * H + j] += b_h[2 * H + j]
     # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
     # never waits on BLAS worker threads)
-    cdef float *wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
-    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
-    free(wx_packed)
+    cdef float *wx_packed = NULL
+    if I > 0:
+        wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
+        matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
+        free(wx_packed)
     for k in range(T):
         t = _step(k, T, reverse)
         zt = z_ws + t * B * G
@@ -412,12 +417,12 @@ cdef void _gru_backward(const floating* x, const floating* w_x, const floating* 
             matmul_acc(<int>B, <int>H, <int>(2 * H), dhzt, <int>G, w_h, <int>G, True, wp_a, dh, <int>H)
     free(wp_a)
     free(wp_n)
-    # dw_x += x^T @ dz   over all T*B rows
-    gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
-         <floating>1, dw_x, <int>G)
-    # dx = dz @ w_x^T
-    gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
-         <floating>0, dx, <int>I)
+    # dw_x += x^T @ dz   over all T*B rows;  dx = dz @ w_x^T   (neither for a projected input, I == 0)
+    if I > 0:
+        gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
+             <floating>1, dw_x, <int>G)
+        gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
+             <floating>0, dx, <int>I)
     # dw_h (all of it for reset_after, [:, :2H] for reset_before) += H_prev^T @ dhz, H_prev = y shifted by
     # one processed step with h0 first: one (B, H) GEMM for h0 and one over the other (T-1)*B rows
     first = _step(0, T, reverse)

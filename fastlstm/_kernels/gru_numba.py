@@ -63,7 +63,8 @@ def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_
     f_a, f_b, g_a, g_b = act_ab[0, 0], act_ab[0, 1], act_ab[1, 0], act_ab[1, 1]
     clip_t = cast_like(clip, z_ws)
     # z_ws = X @ W_x   for all T*B rows at once
-    if T * B > 0:
+    # (projected input, I == 0: z_ws already holds it)
+    if T * B > 0 and I > 0:
         np.dot(x.reshape(T * B, I), w_x, z_ws.reshape(T * B, G))
     gate_rows = np.empty((0 if training else B, G), z_ws.dtype)   # activated gates when not training
     # per-step products: float32 register tiles over weights packed once (see _numba_common), else np.dot;
@@ -275,4 +276,5 @@ def gru_backward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset
     # dW_x += X^T @ dZ,  db_x += sum dZ,  dX = dZ @ W_x^T   over all T*B rows at once
     add_outer_product(dw_x_out, x.reshape(T * B, I), dz2)
     add_column_sums(db_x_out, dz2)
-    np.dot(dz2, w_x.T, dx_out.reshape(T * B, I))
+    if I > 0:
+        np.dot(dz2, w_x.T, dx_out.reshape(T * B, I))

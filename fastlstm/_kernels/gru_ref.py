@@ -21,6 +21,9 @@ Compute shape: one GEMM (T*B, I) @ (I, 3H) for all steps, then per step the recu
 (the recurrent part of the candidate is kept apart because r multiplies it), then one fused gate pass.
 After gru_forward: z_ws holds every valid step's final pre-activations of z, r, n; hz_ws[t] holds
 h_prev @ w_h + b_h (reset_after), or [h_prev @ w_h[:, :2H] + b_h[:2H], r * h_prev] (reset_before).
+
+Projected input (I == 0: x (T, B, 0), w_x (0, 3H)): z_ws holds x_t @ w_x on entry, computed by the caller; the
+kernel adds b_x. The backward then leaves dx_out, dw_x_out empty; dz_ws is d loss / d (x_t @ w_x).
 """
 import numpy as np
 
@@ -39,7 +42,8 @@ def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_
     training = gates_out.shape[0] > 0
     dt = x.dtype
     # zx = x @ w_x + b_x   for all T*B rows at once
-    z_ws[...] = (x.reshape(T * B, -1) @ w_x + b_x).reshape(T, B, 3 * H)
+    xw = z_ws if x.shape[2] == 0 else (x.reshape(T * B, -1) @ w_x).reshape(T, B, 3 * H)
+    z_ws[...] = xw + b_x
     h = h0.copy()
     for t in _steps(T, reverse):
         xz, xr, xn = z_ws[t][:, :H], z_ws[t][:, H:2 * H], z_ws[t][:, 2 * H:]
@@ -136,7 +140,7 @@ def gru_backward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset
     db_h_out += dhz_ws.reshape(T * B, 3 * H).sum(0)
     # dw_x += x^T dz,  db_x += sum dz,  dx = dz @ w_x^T   over all T*B rows at once
     dz2 = dz_ws.reshape(T * B, 3 * H)
-    dw_x_out += x.reshape(T * B, -1).T @ dz2
+    dw_x_out += x.reshape(T * B, x.shape[2]).T @ dz2
     db_x_out += dz2.sum(0)
     dx_out[...] = (dz2 @ w_x.T).reshape(x.shape)
     dh0_out[...] = dh

@@ -31,7 +31,7 @@ from cython cimport floating
 
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
-from fastlstm._kernels._steps cimport _copy, _step
+from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, fl_gemv_packed64,
                                       gemm, matmul_acc, pack_weights)
 
@@ -168,14 +168,20 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     cdef floating *gt = NULL
     # w_h packed once for the per-step products (float32, small batches; NULL otherwise)
     cdef float *w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
-    # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
-    for r in range(T * B):
-        _copy(z_ws + r * G, b, G)
-    # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
-    # never waits on BLAS worker threads)
-    cdef float *wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
-    matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
-    free(wx_packed)
+    cdef float *wx_packed = NULL
+    if I == 0:
+        # projected input: z_ws holds x @ w_x already;  z_ws += b
+        for r in range(T * B):
+            _add(z_ws + r * G, b, G)
+    else:
+        # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
+        for r in range(T * B):
+            _copy(z_ws + r * G, b, G)
+        # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
+        # never waits on BLAS worker threads)
+        wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
+        matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
+        free(wx_packed)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
@@ -381,9 +387,10 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
         # dh += dz_t @ w_h^T   (valid rows were zeroed: dh_prev = dz @ w_h^T; masked rows add dz = 0)
         matmul_acc(<int>B, <int>H, <int>G, dzt, <int>G, w_h, <int>G, True, w_packed, dh, <int>H)
     free(w_packed)
-    # dx = dz @ w_x^T
-    gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
-         <floating>0, dx, <int>I)
+    # dx = dz @ w_x^T   (none for a projected input, I == 0)
+    if I > 0:
+        gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
+             <floating>0, dx, <int>I)
     if not _weight_grads_merged(x, h0, y, dz_ws, dw_x, dw_h, reverse, T, B, I, H):
         _weight_grads(x, h0, y, dz_ws, dw_x, dw_h, reverse, T, B, I, H)
 
@@ -396,8 +403,9 @@ cdef void _weight_grads(const floating* x, const floating* h0, const floating* y
     GEMM over (T-1)*B rows."""
     cdef Py_ssize_t G = 4 * H, first = _step(0, T, reverse)
     # dw_x += x^T @ dz
-    gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
-         <floating>1, dw_x, <int>G)
+    if I > 0:
+        gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,
+             <floating>1, dw_x, <int>G)
     # dw_h += h0^T @ dz[first]
     gemm(TRANS, NO_TRANS, <int>H, <int>G, <int>B, <floating>1, h0, <int>H, dz_ws + first * B * G, <int>G,
          <floating>1, dw_h, <int>G)

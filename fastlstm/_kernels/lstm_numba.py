@@ -90,7 +90,8 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
     fused = (f_code == SIGMOID and g_code == TANH and h_code == TANH and not peep and not clip > 0
              and not input_forget)
     # z_ws = X @ W_x   for all T*B rows at once
-    if T * B > 0:
+    # (projected input, I == 0: z_ws already holds it)
+    if T * B > 0 and I > 0:
         np.dot(x.reshape(T * B, I), w_x, z_ws.reshape(T * B, G))
     cT_out[:] = c0
     # per-step h_prev @ W_h: W_h packed once for the float32 register tiles (see _numba_common), else np.dot
@@ -273,4 +274,5 @@ def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
     # dW_x += X^T @ dZ,  db += sum dZ,  dX = dZ @ W_x^T   over all T*B rows at once
     add_outer_product(dw_x_out, x.reshape(T * B, I), dz2)
     add_column_sums(db_out, dz2)
-    np.dot(dz2, w_x.T, dx_out.reshape(T * B, I))
+    if I > 0:
+        np.dot(dz2, w_x.T, dx_out.reshape(T * B, I))

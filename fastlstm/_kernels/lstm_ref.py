@@ -21,6 +21,11 @@ Compute shape (every backend): one GEMM (T*B, I) @ (I, 4H) for all steps' input 
 (B, H) @ (H, 4H) GEMM accumulated into that step's slice of z_ws, then one fused gate pass.
 After lstm_forward, z_ws holds every valid step's final pre-activations (bias, peepholes and clip applied);
 with training outputs, gates_out holds the activated i, f, g, o and cs_out the cell state after each step.
+
+Projected input (I == 0: x (T, B, 0), w_x (0, 4H)): z_ws holds x_t @ w_x on entry, computed by the caller (an
+Embedding feeding the layer projects each distinct token once); the kernel adds b and runs the steps as usual.
+The backward then leaves the input side to the caller: dx_out, dw_x_out are empty, and dz_ws on return is
+d loss / d (x_t @ w_x) for every step.
 """
 import numpy as np
 
@@ -51,8 +56,9 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
     H = w_h.shape[0]
     training = gates_out.shape[0] > 0
     dt = x.dtype
-    # z = x @ w_x + b   for all T*B rows at once
-    z_ws[...] = (x.reshape(T * B, -1) @ w_x + b).reshape(T, B, 4 * H)
+    # z = x @ w_x + b   for all T*B rows at once (projected input: z_ws already holds x @ w_x)
+    xw = z_ws if x.shape[2] == 0 else (x.reshape(T * B, -1) @ w_x).reshape(T, B, 4 * H)
+    z_ws[...] = xw + b
     h = h0.copy()
     c = c0.copy()
     for t in _steps(T, reverse):
@@ -147,7 +153,7 @@ def lstm_backward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
         dh, dc = dh_prev, dc_prev
     # dw_x += x^T dz,  db += sum dz,  dx = dz @ w_x^T   over all T*B rows at once
     dz2 = dz_ws.reshape(T * B, 4 * H)
-    dw_x_out += x.reshape(T * B, -1).T @ dz2
+    dw_x_out += x.reshape(T * B, x.shape[2]).T @ dz2
     db_out += dz2.sum(0)
     dx_out[...] = (dz2 @ w_x.T).reshape(x.shape)
     dh0_out[...] = dh

@@ -102,7 +102,8 @@ class Embedding(Layer):
     def output_dtype(self, input_dtype):
         return np.dtype("float32")
 
-    def call(self, inputs, mask=None, training=False):
+    def _checked_ids(self, inputs):
+        """The token ids as an integer array, checked against [0, input_dim)."""
         ids = np.asarray(inputs)
         if ids.dtype.kind == "f":
             if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
@@ -115,26 +116,46 @@ class Embedding(Layer):
             bad = ids[(ids < 0) | (ids >= self.input_dim)]
             raise ValueError(f"layer {self.name!r} (Embedding): token ids must be in [0, {self.input_dim}), "
                              f"got {int(bad.flat[0])} ({bad.size} out of range)")
+        return ids
+
+    def _gather(self, ids):
         if ids.ndim == 2:
             # gather time-major and return a batch-first view: the recurrent layer after it reads (T, B, E)
             # without a transposing copy
             return np.take(self._weights[0], ids.T, axis=0).swapaxes(0, 1)
         return np.take(self._weights[0], ids, axis=0)
 
-    def forward(self, inputs, mask=None, training=False, **kwargs):
+    def call(self, inputs, mask=None, training=False):
+        return self._gather(self._checked_ids(inputs))
+
+    def rows(self, inputs):
+        """The output not gathered yet, for a recurrent layer that projects each distinct token once: a
+        TokenRows over (batch, timesteps) ids (other inputs: the gathered array, as `call`)."""
+        ids = self._checked_ids(inputs)
+        return TokenRows(self, ids) if ids.ndim == 2 else self._gather(ids)
+
+    def forward(self, inputs, mask=None, training=False, lazy=False, **kwargs):
+        """Training forward; lazy=True returns `rows(inputs)` (the model sets it when the only consumer is a
+        recurrent layer)."""
         ids = np.asarray(inputs)
-        out = self.call(ids)
+        out = self.rows(ids) if lazy else self.call(ids)
         return out, {"ids": ids.astype(np.intp, copy=False)}
 
     def backward(self, ctx, dy):
         from ..training._fused import scatter_add_rows
-        ids, E = ctx["ids"], self.output_dim
-        dy = np.asarray(dy)
-        if dy.ndim == 3 and not dy.flags.c_contiguous and dy.swapaxes(0, 1).flags.c_contiguous:
-            rows, idx = dy.swapaxes(0, 1).reshape(-1, E), ids.T.reshape(-1)   # time-major gradient from an RNN
+        if isinstance(dy, TokenRowsGrad):
+            # one gradient row per distinct token (the recurrent layer summed the repeats)
+            g = self.grads[0]
+            g[dy.uids] += dy.rows.astype(g.dtype, copy=False)
+            idx = dy.uids
         else:
-            rows, idx = np.ascontiguousarray(dy).reshape(-1, E), ids.reshape(-1)
-        scatter_add_rows(self.grads[0], idx, rows)
+            ids, E = ctx["ids"], self.output_dim
+            dy = np.asarray(dy)
+            if dy.ndim == 3 and not dy.flags.c_contiguous and dy.swapaxes(0, 1).flags.c_contiguous:
+                rows, idx = dy.swapaxes(0, 1).reshape(-1, E), ids.T.reshape(-1)   # time-major gradient from an RNN
+            else:
+                rows, idx = np.ascontiguousarray(dy).reshape(-1, E), ids.reshape(-1)
+            scatter_add_rows(self.grads[0], idx, rows)
         self._touched_rows = idx if getattr(self, "_touched_rows", None) is None else \
             np.concatenate([self._touched_rows, idx])
         return None
@@ -150,6 +171,67 @@ class Embedding(Layer):
         cfg = super().get_config()
         cfg.update(input_dim=self.input_dim, output_dim=self.output_dim, mask_zero=self.mask_zero)
         return cfg
+
+
+class TokenRows:
+    """An Embedding's output before the gather: the rows table[ids] for ids (batch, timesteps). A recurrent
+    layer fed by it multiplies each distinct token's row by its input kernel once instead of once per position
+    (RNN._projected_input); anything else takes `gather()`, the array `Embedding.call` returns."""
+
+    __slots__ = ("layer", "ids", "_unique")
+
+    def __init__(self, layer, ids):
+        self.layer, self.ids, self._unique = layer, ids, None
+
+    @property
+    def shape(self):
+        return self.ids.shape + (self.layer.output_dim,)
+
+    @property
+    def dtype(self):
+        return self.layer._weights[0].dtype
+
+    def gather(self):
+        return self.layer._gather(self.ids)
+
+    def unique(self):
+        """(uids (U,) the distinct ids ascending, inv_tm (T, B) intp: the position of each id in uids,
+        time-major), computed once and shared by every layer reading these rows (both Bidirectional halves)."""
+        if self._unique is None:
+            ids_tm = self.ids.T
+            present = np.zeros(self.layer.input_dim, bool)
+            present[ids_tm] = True
+            uids = np.flatnonzero(present)
+            where = np.empty(self.layer.input_dim, np.intp)
+            where[uids] = np.arange(uids.size)
+            self._unique = (uids, where[ids_tm])
+        return self._unique
+
+
+class TokenRowsGrad:
+    """The gradient w.r.t. a TokenRows, summed per distinct token: rows (U, E). That is all the Embedding
+    needs (its only reader); the per-position gradients are not kept."""
+
+    __slots__ = ("source", "uids", "rows")
+    __array_ufunc__ = None       # array + TokenRowsGrad goes to __radd__, not to an elementwise object loop
+
+    def __init__(self, source, rows):
+        self.source, self.rows = source, rows
+        self.uids = source.unique()[0]
+
+    def __add__(self, other):
+        """Plus another TokenRowsGrad of the same rows, or a per-position gradient (batch, timesteps, E)."""
+        from ..training._fused import scatter_add_rows
+        if isinstance(other, TokenRowsGrad):
+            if other.source is not self.source:
+                raise ValueError("TokenRowsGrad: adding gradients of different token rows")
+            return TokenRowsGrad(self.source, self.rows + other.rows)
+        other = np.asarray(other)
+        rows = self.rows.copy()
+        scatter_add_rows(rows, self.source.unique()[1].T.reshape(-1), other.reshape(-1, rows.shape[1]))
+        return TokenRowsGrad(self.source, rows)
+
+    __radd__ = __add__
 
 
 class Masking(Layer):

@@ -171,9 +171,15 @@ class Trainer:
         """Run the graph; returns (values {tensor id: (array, mask)}, ctxs per node (None where not kept))."""
         ctxs = []
         logit_nodes = set(k for k in self.logit_node if k is not None)
+        rows = self.model._token_row_nodes()          # Embeddings that hand TokenRows to a recurrent layer
 
         def run_node(k, node, arg, mask, kwargs):
-            if (training or k in logit_nodes) and hasattr(node.layer, "forward"):
+            if k in rows:
+                if training:
+                    out, ctx = node.layer.forward(arg, lazy=True)
+                else:
+                    out, ctx = node.layer.rows(arg), None
+            elif (training or k in logit_nodes) and hasattr(node.layer, "forward"):
                 out, ctx = node.layer.forward(arg, mask=mask, training=training, rng=rng, ws_key=k, **kwargs)
             else:
                 out, ctx = node.layer.call(arg, mask=mask, **kwargs), None
