@@ -11,7 +11,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ("_blas", "lstm_cy", "gru_cy")
+KERNELS = ("_blas", "lstm_cy", "gru_cy", "chain_cy")
 
 
 class OptionalBuildExt(build_ext):

@@ -4,6 +4,8 @@
                           (peer: torch nn.LSTM + autograd + torch.optim.Adam, when torch is installed)
     stream_step_b1_h128   one session.step of a 1-layer LSTM(128) model, batch 1, state kept
     stream_step_b1_h512   the same with LSTM(512)       (peer: onnxruntime session run of one ONNX LSTM node)
+    stream_token_demo     one token through the bundled demo model's session (Embedding(10000, 32) -> LSTM(32)
+                          -> Dense(1, sigmoid)): the compiled chain step, and the NumPy chain closure it replaced
     predict_imdb_b64      predict on a 64-review batch (T=200), 1 and 2 threads
 
 Run: pytest bench/test_bench_model.py --benchmark-group-by=group   (FASTLSTM_BACKEND picks the kernels)
@@ -112,6 +114,44 @@ def test_bench_stream_step(benchmark, H):
     finally:
         fastlstm.backend._state.update(saved)
     npt.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["compiled", "numpy_closure"])
+def test_bench_stream_token_step(benchmark, path):
+    from fastlstm.demo import load_bundled
+    m, _ = load_bundled()
+    session = m.stream(batch_size=1)
+    if path == "numpy_closure":           # the per-step NumPy chain (the path before chain_cy)
+        if session._compiled is None:
+            pytest.skip("no compiled chain on this backend: the closure is the only path")
+        del session.step
+        session._fast = session._compiled = None
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 10000, size=(1, 60))
+    toks = [np.ascontiguousarray(ids[:, t:t + 1]) for t in range(ids.shape[1])]
+    it = iter(range(1 << 62))
+
+    def step():
+        return session.step(toks[next(it) % len(toks)])
+
+    for _ in range(200):
+        step()
+    benchmark.group = "stream_token_demo"
+    benchmark.extra_info.update(backend=fastlstm.get_backend().name, threads=1, path=path)
+    benchmark(step)
+    # fast and wrong is a failure: 60 tokens from a reset session equal the reference kernels' predict
+    session.reset()
+    for x in toks:
+        out = session.step(x)
+    saved = fastlstm.backend._state.copy()
+    try:
+        fastlstm.set_backend("reference")
+        want = m.predict(ids)
+    finally:
+        fastlstm.backend._state.update(saved)
+    npt.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    if path == "compiled" and session._compiled is not None:
+        assert session._compiled.n_fallback == 0
 
 
 @pytest.mark.parametrize("H", [128, 512])

@@ -12,7 +12,10 @@ and no validation beyond a shape/dtype check; the recurrent kernels are called d
 buffers, the states ping-pong between two buffers. At batch 1 (float32, Cython backend) an LSTM or GRU layer
 steps through a stepper instead (lstm_cy.LSTMStepper, gru_cy.GRUStepper): its weights are packed once per layer
 (shared by every session on it, repacked when the weights change) so that a step is one sequential pass over
-them, and the step updates the session's state arrays in place.
+them, and the step updates the session's state arrays in place. A batch-1 chain of [Embedding ->] recurrent /
+Dense layers (a text model scoring or generating token by token) runs a chunk in one compiled call
+(chain_cy.ChainStepper: embedding rows, the steppers, the Dense products and activations, GIL released) that
+reads the layers' current weights on every call; a chunk it does not take goes the general way.
 
 Equivalence with predict (tested): streaming T steps in chunks equals predict on the whole sequence, with
 Keras masking semantics (a masked step keeps the state; return_sequences outputs repeat the carried state,
@@ -237,12 +240,18 @@ class StreamSession:
                 and not self._rnn[0][1].layer.return_state and self._rnn[0][1].kind in ("lstm", "gru")
                 and m.outputs[0] is self._ops[0][1].outputs[0]):
             self._fast = self._make_fast(self._rnn[0][1])
+        self._chain_ops = None
         self._chain = None if self._fast is not None else self._make_chain()
+        # a chain in one compiled call (Cython backend): it hands what it does not take to the general path
+        self._compiled = None if self._chain is None else self._make_compiled_chain()
+        if self._compiled is not None:
+            self._fast = self._compiled.step
         self._plan = True
         if self._fast is not None:
-            # session.step(x) calls the bound closure directly: one Python call less per step (a service's
-            # hot path); the closure does what step() documents
-            self._fast.__doc__ = StreamSession.step.__doc__
+            # session.step(x) calls the bound closure (or the compiled chain's step) directly: one Python call
+            # less per step (a service's hot path); it does what step() documents
+            if self._compiled is None:
+                self._fast.__doc__ = StreamSession.step.__doc__
             self.step = self._fast
 
     def _make_chain(self):
@@ -277,6 +286,7 @@ class StreamSession:
                 return None
         if prev != self._out_ids[0] or not any(op == "rnn" for op, _ in ops):
             return None
+        self._chain_ops = ops
         I = self._in_shape[-1]
 
         def run(x):
@@ -312,6 +322,41 @@ class StreamSession:
             return v.reshape(1, k, v.shape[-1]).astype(np.float32) if v.ndim == 3 else v.astype(np.float32)
 
         return run
+
+    def _make_compiled_chain(self):
+        """The chain of _make_chain (self._chain_ops) as one chain_cy.ChainStepper call: ids or float input,
+        embedding rows, the recurrent steppers and the Dense products and activations in C, the GIL released.
+        None when the backend has no ChainStepper or a Dense activation has no C version (softmax and the
+        kernel activation codes have one). The ChainStepper reads the layers' weights on every call and gets a
+        rebuilt stepper from renew() when a recurrent layer's weights changed (new `_cast`), so set_weights and
+        fit are seen as on the other paths."""
+        make = getattr(get_backend(), "ChainStepper", None)
+        if make is None or not self._chain_ops:
+            return None
+        from ._kernels import acts
+        specs = []
+        for op, obj in self._chain_ops:
+            if op == "embed":
+                specs.append(("embed", obj, obj.input_dim, obj.output_dim, obj.mask_zero))
+            elif op == "rnn":
+                def renew(r=obj):
+                    r.refresh()
+                    return r._cast_seen, r.stepper
+                specs.append(("rnn", obj.layer, renew, obj.stepper.n_in, obj.H, obj.layer.return_sequences))
+            else:
+                if obj.activation == "softmax":
+                    code, alpha, beta = -1, 0.0, 0.0
+                elif obj.activation in acts.KERAS_ACTIVATIONS:
+                    code, alpha, beta = acts.KERAS_ACTIVATIONS[obj.activation]
+                else:
+                    return None                       # e.g. log_softmax, mish: the closure's NumPy activation
+                specs.append(("dense", obj, obj._weights[0].shape[0], obj.units, obj.use_bias, code, alpha, beta))
+        first = specs[0]
+        n_in = 0 if self._token_input else first[3] if first[0] == "rnn" else first[2]
+        try:
+            return make(specs, self._token_input, n_in, self._step_general)
+        except ValueError:
+            return None
 
     def _state_key(self, lyr):
         keys = [k for k, _ in getattr(self, "_rnn", [])]
@@ -430,7 +475,16 @@ class StreamSession:
             self._make_plan()
         if self._fast is not None:
             return self._fast(x)
+        return self._step_general(x)
+
+    def _step_general(self, x):
+        """step() without the fast path: validate / convert x, then the compiled chain, the chain closure or
+        the graph walk, the first that takes x."""
         x = self._coerce(x)
+        if self._compiled is not None:
+            out = self._compiled.run(x)
+            if out is not None:
+                return out
         if self._chain is not None:
             out = self._chain(x)
             if out is not None:

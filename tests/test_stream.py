@@ -360,3 +360,254 @@ def test_batch1_chain_embedding_lstm_dropout_dense(rng):
     last.predict(x)
     last.set_weights([0.4 * rng.normal(size=w.shape).astype(np.float32) for w in last.get_weights()])
     check_against_predict(last, x)
+
+
+# ---- compiled chains (chain_cy.ChainStepper): Embedding -> LSTM/GRU -> Dense in one call at batch 1 ----------
+def _has_chain():
+    return hasattr(fastlstm.get_backend(), "ChainStepper")
+
+
+def test_cython_backend_has_chain_stepper():
+    """The chain step ships with the other steppers: a build that lost it must not fall back silently."""
+    if hasattr(fastlstm.get_backend(), "Packed64"):
+        assert _has_chain()
+
+
+def chain_model(head, rnns, vocab=40, embed=8, mask_zero=False, float_in=None, rng=None):
+    """Sequential([Embedding | Input] + rnns + head) built, with random weights at a scale that exercises the
+    activations (biases included)."""
+    first = [fastlstm.Input((None, float_in))] if float_in else [L.Embedding(vocab, embed, mask_zero=mask_zero)]
+    m = fastlstm.Sequential(first + rnns + head)
+    m.predict(rng.normal(size=(1, 2, float_in)).astype(np.float32) if float_in else np.ones((1, 2), np.int64))
+    m.set_weights([0.5 * rng.normal(size=w.shape).astype(np.float32) for w in m.get_weights()])
+    return m
+
+
+def check_compiled(m, x, chunks, expect_fallback=False):
+    """Stream x through a fresh session in `chunks`, compare with predict (the sequence output, or every
+    prefix's last output); the compiled chain must be the session's step and must have taken the chunks."""
+    s = m.stream()
+    outs = stream_all(s, x, chunks)
+    ref = m.predict(x)
+    if ref.ndim == 3:
+        npt.assert_allclose(np.concatenate(outs, axis=1), ref, **TOL32)
+    else:
+        t = 0
+        for k, o in zip(chunks, outs):
+            t += k
+            npt.assert_allclose(o, m.predict(x[:, :t]), **TOL32)
+    if _has_chain():
+        c = s._compiled
+        assert c is not None and s.step == c.step
+        if expect_fallback:
+            assert c.n_fallback > 0 and c.n_compiled > 0
+        else:
+            assert (c.n_compiled, c.n_fallback) == (len(chunks), 0)
+    return s
+
+
+RNN_KINDS = {"lstm": lambda n, seq: L.LSTM(n, return_sequences=seq),
+             "gru": lambda n, seq: L.GRU(n, return_sequences=seq),
+             "gru_before": lambda n, seq: L.GRU(n, return_sequences=seq, reset_after=False)}
+
+
+@pytest.mark.parametrize("kind", sorted(RNN_KINDS))
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("seq", [False, True])
+def test_compiled_chain_token_stream_equals_predict(rng, kind, head, seq):
+    dense = L.Dense(1, activation="sigmoid") if head == "sigmoid" else L.Dense(37, activation="softmax")
+    m = chain_model([dense], [RNN_KINDS[kind](70, seq)], rng=rng)
+    x = rng.integers(0, 40, size=(1, 11))
+    check_compiled(m, x, [1] * 11)
+    check_compiled(m, x.astype(np.int32), [1, 3, 5, 2])
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_compiled_chain_two_recurrent_layers(rng, seq):
+    m = chain_model([L.Dropout(0.5), L.Dense(5, activation="tanh"), L.Dense(9, activation="softmax")],
+                    [L.LSTM(12, return_sequences=True), L.GRU(66, return_sequences=seq, reset_after=False)],
+                    rng=rng)
+    x = rng.integers(0, 40, size=(1, 10))
+    check_compiled(m, x, [1] * 10)
+    check_compiled(m, x, [4, 1, 5])
+
+
+@pytest.mark.parametrize("act", ["relu", "linear", "tanh", "hard_sigmoid", "elu", "gelu", "softplus", "silu",
+                                 "leaky_relu", "relu6", "selu", "softsign", "hard_silu", "exponential", "softmax"])
+def test_compiled_chain_float_input_dense_activations(rng, act):
+    """(1, k, I) float input; Dense before and after the recurrent layer, every C activation of the head."""
+    m = chain_model([L.Dense(6, activation=act)],
+                    [L.Dense(10, activation="relu"), L.GRU(9, return_sequences=True)], float_in=5, rng=rng)
+    x = rng.normal(size=(1, 8, 5)).astype(np.float32)
+    check_compiled(m, x, [1, 2, 5])
+    s = check_compiled(m, x[:, :3], [3])
+    npt.assert_allclose(s.step(x[:, 3:5].astype(np.float64)), m.predict(x[:, :5])[:, 3:], **TOL32)  # converted
+
+
+def test_compiled_chain_softmax_large_logits(rng):
+    """Logits far beyond exp's float32 range: the softmax subtracts the max first, as NumPy's does."""
+    m = chain_model([L.Dense(30, activation="softmax")], [L.LSTM(8)], rng=rng)
+    m.layers[-1].set_weights([300 * w for w in m.layers[-1].get_weights()])
+    x = rng.integers(0, 40, size=(1, 6))
+    check_compiled(m, x, [1] * 6)
+    assert np.isfinite(m.stream().step(x)).all()
+
+
+def test_compiled_chain_not_built_for_numpy_only_activation(rng):
+    """A Dense activation without a C version keeps the NumPy chain closure (and stays correct)."""
+    m = chain_model([L.Dense(4, activation="log_softmax")], [L.LSTM(6)], rng=rng)
+    s = m.stream()
+    assert s._compiled is None
+    assert (s._chain is not None) == hasattr(fastlstm.get_backend(), "Packed64")
+    check_against_predict(m, rng.integers(0, 40, size=(1, 5)))
+
+
+def test_compiled_chain_mask_zero_padding(rng):
+    """Chunks with padding ids (0) of a mask_zero Embedding take the general path, the others the compiled
+    chain, on the same states."""
+    m = chain_model([L.Dense(7, activation="softmax")],
+                    [L.LSTM(16, return_sequences=True), L.GRU(8, return_sequences=True)], mask_zero=True, rng=rng)
+    x = rng.integers(1, 40, size=(1, 14))
+    x[0, :2] = 0
+    x[0, 6] = 0
+    x[0, 12:] = 0
+    check_compiled(m, x, [1] * 14, expect_fallback=True)
+    check_compiled(m, x, [3, 4, 2, 5], expect_fallback=True)
+    last = chain_model([L.Dense(1, activation="sigmoid")], [L.LSTM(16)], mask_zero=True, rng=rng)
+    check_compiled(last, x, [1] * 14, expect_fallback=True)
+
+
+def test_compiled_chain_input_errors_and_fallbacks(rng):
+    m = chain_model([L.Dense(1, activation="sigmoid")], [L.LSTM(8)], vocab=30, rng=rng)
+    x = rng.integers(0, 30, size=(1, 6))
+    s = m.stream()
+    for bad in ([[30]], [[-1]], [[3, 31]]):
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 30\)"):
+            s.step(np.array(bad))
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 30\)"):
+            s.step(np.array(bad, np.int32))
+    with pytest.raises(ValueError, match="rank 2"):
+        s.step(np.zeros((1, 2, 3), np.int64))
+    with pytest.raises(ValueError, match="k >= 1"):
+        s.step(np.zeros((1, 0), np.int64))
+    with pytest.raises(TypeError, match="integer token ids"):
+        s.step(np.array([[1.5]]))
+    # the refused chunks left the state alone; other id types (uint8, lists, integral floats, strided) are
+    # converted or taken by the general path
+    steps = [x[:, :1].astype(np.uint8), x[:, 1:2].tolist(), x[:, 2:3].astype(np.float32), x[:, 3:5],
+             np.asfortranarray(np.repeat(x[:, 5:6], 2, 0))[:1]]
+    outs = [s.step(a) for a in steps]
+    for t, o in zip([1, 2, 3, 5, 6], outs):
+        npt.assert_allclose(o, m.predict(x[:, :t]), **TOL32)
+    if _has_chain():
+        c = s._compiled
+        assert c.run(np.array([[30]])) is None and c.run(np.array([[1]], np.int16)) is None
+        assert c.run(np.zeros((1, 0), np.int64)) is None and c.run([[1]]) is None
+        assert c.run(np.array([[1.0]])) is None and c.run(np.zeros((2, 1), np.int64)) is None
+        assert c.n_compiled >= 2
+
+
+def test_compiled_chain_state_set_state_reset(rng):
+    m = chain_model([L.Dense(3, activation="softmax")], [L.GRU(10, return_sequences=True), L.LSTM(7)], rng=rng)
+    x = rng.integers(0, 40, size=(1, 10))
+    s = m.stream()
+    full = [s.step(x[:, t:t + 1]) for t in range(10)]
+    s.reset()
+    npt.assert_allclose(s.step(x[:, :1]), full[0], **TOL32)
+    for t in range(1, 4):
+        s.step(x[:, t:t + 1])
+    parked = pickle.loads(pickle.dumps(s.state))
+    other = m.stream()
+    other.step(x[:, 5:9])                                       # some unrelated conversation
+    other.set_state(parked)
+    for t in range(4, 10):
+        npt.assert_allclose(other.step(x[:, t:t + 1]), full[t], **TOL32)
+    npt.assert_allclose(s.state[m.layers[2].name][1], parked[m.layers[2].name][1])    # untouched by `other`
+    if _has_chain():
+        assert (s._compiled.n_fallback, other._compiled.n_fallback) == (0, 0)
+
+
+def test_compiled_chain_sees_weight_changes_between_steps(rng):
+    """set_weights on every layer, fit, in-place edits (float32 and float64 weights) between steps: the
+    compiled session follows a float64 session (graph walk, general kernels) that sees the same changes."""
+    m = chain_model([L.Dense(5, activation="softmax")], [L.LSTM(9, return_sequences=True), L.GRU(6)], rng=rng)
+    emb, lstm, gru, dense = m.layers
+    x = rng.integers(0, 40, size=(1, 40))
+    s, ref = m.stream(), m.stream(dtype="float64")
+
+    def scaled(layer, f):
+        return [f * w for w in layer.get_weights()]
+
+    changes = [lambda: dense.set_weights(scaled(dense, 1.5)),
+               lambda: emb.set_weights(scaled(emb, -0.7)),
+               lambda: lstm.set_weights(scaled(lstm, 0.8)),
+               lambda: gru.set_weights(scaled(gru, 1.2)),
+               lambda: dense._weights[0].__imul__(-1),          # in place, no notification
+               lambda: emb._weights[0].__iadd__(0.1),
+               lambda: setattr(dense, "_weights", [w.astype(np.float64) for w in dense._weights]),
+               lambda: setattr(emb, "_weights", [emb._weights[0].astype(np.float64)]),
+               lambda: dense._weights[1].__isub__(0.5),         # float64, in place
+               lambda: emb._weights[0].__imul__(0.9),
+               lambda: m.fit(rng.integers(0, 40, size=(4, 5)), np.eye(5)[[0, 1, 2, 3]], epochs=2, verbose=0)]
+    m.compile("adam", "categorical_crossentropy")
+    t = 0
+    for change in [None] + changes:
+        if change is not None:
+            before = [w.copy() for w in m.get_weights()]
+            change()
+            assert any(a.dtype != b.dtype or not np.array_equal(a, b) for a, b in zip(before, m.get_weights()))
+        for k in (1, 2):
+            got, want = s.step(x[:, t:t + k]), ref.step(x[:, t:t + k])
+            npt.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+            t += k
+    assert t <= x.shape[1]
+    if _has_chain():
+        assert s._compiled.n_fallback == 0 and s._compiled.n_compiled == 2 * (len(changes) + 1)
+    s.reset()
+    npt.assert_allclose(s.step(x[:, :7]), m.predict(x[:, :7]), **TOL32)   # and equal to predict afterwards
+
+
+def test_compiled_chain_threads_equal_serial(rng):
+    m = chain_model([L.Dense(50, activation="softmax")], [L.LSTM(64, return_sequences=True), L.GRU(32)],
+                    vocab=100, rng=rng)
+    xs = [rng.integers(0, 100, size=(1, 150)) for _ in range(2)]
+
+    def run(x):
+        s = m.stream()
+        return np.concatenate([s.step(x[:, t:t + 1]) for t in range(x.shape[1])])
+
+    serial = [run(x) for x in xs]
+    results = [None, None]
+    start = threading.Barrier(2)
+
+    def worker(i):
+        start.wait()
+        results[i] = run(xs[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for got, want in zip(results, serial):
+        npt.assert_array_equal(got, want)
+    # and right: a float64 session (graph walk, general kernels) over all 150 steps
+    ref = m.stream(dtype="float64")
+    want = np.concatenate([ref.step(xs[0][:, t:t + 1]) for t in range(xs[0].shape[1])])
+    npt.assert_allclose(serial[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_chain_used_for_demo_model():
+    """The bundled demo model (Embedding(10000, 32) -> LSTM(32) -> Dense(1, sigmoid)) steps through the compiled
+    chain: session.step is its step and no token falls back."""
+    from fastlstm import demo
+    m, vocab = demo.load_bundled()
+    ids = np.array([vocab.encode(demo.STREAM_REVIEW)])
+    s = m.stream()
+    scores = [s.step(ids[:, t:t + 1]) for t in range(ids.shape[1])]
+    npt.assert_allclose(scores[-1], m.predict(ids), **TOL32)
+    npt.assert_allclose(scores[len(scores) // 2], m.predict(ids[:, :len(scores) // 2 + 1]), **TOL32)
+    if hasattr(fastlstm.get_backend(), "Packed64"):        # the Cython backend
+        assert type(s._compiled).__name__ == "ChainStepper"
+        assert s.step == s._compiled.step
+        assert (s._compiled.n_compiled, s._compiled.n_fallback) == (ids.shape[1], 0)

@@ -4,8 +4,8 @@
     gru_forward,  gru_backward       (contract: gru_ref.py)
 
 `get_backend(name)` returns a namespace with those four (the cython one also has LSTMStepper, GRUStepper and Packed64,
-batch-1 streaming steps over packed weights). "auto" picks cython when the extension is
-built, else numba; a backend asked for by name that is not available raises ImportError.
+batch-1 streaming steps over packed weights, and ChainStepper, compiled batch-1 chain steps). "auto" picks cython
+when the extension is built, else numba; a backend asked for by name that is not available raises ImportError.
 """
 import importlib
 import importlib.util
@@ -65,6 +65,11 @@ def get_backend(name="auto"):
             _cache[name].LSTMStepper = lstm_mod.LSTMStepper
             _cache[name].GRUStepper = gru_mod.GRUStepper
             _cache[name].Packed64 = _blas.Packed64
+            try:                 # compiled Embedding -> recurrent -> Dense chain steps (stream.py)
+                from .chain_cy import ChainStepper
+                _cache[name].ChainStepper = ChainStepper
+            except ImportError:
+                pass
     return _cache[name]
 
 
