@@ -1,12 +1,13 @@
 """End-to-end model benchmarks (design.md workloads), each next to its peers in the same run:
 
-    train_imdb_b32_t200   Embedding(20000,128) + LSTM(128) + Dense(1, sigmoid), B=32, T=200, BCE + Adam, one step
+    train_imdb_b32_t200   Embedding(20000,128) + LSTM(128) + Dense(1, sigmoid), B=32, T=200, BCE + Adam, one step,
+                          on 32 real reviews and on uniform random ids
                           (peer: torch nn.LSTM + autograd + torch.optim.Adam, when torch is installed)
     stream_step_b1_h128   one session.step of a 1-layer LSTM(128) model, batch 1, state kept
     stream_step_b1_h512   the same with LSTM(512)       (peer: onnxruntime session run of one ONNX LSTM node)
     stream_token_demo     one token through the bundled demo model's session (Embedding(10000, 32) -> LSTM(32)
                           -> Dense(1, sigmoid)): the compiled chain step, and the NumPy chain closure it replaced
-    predict_imdb_b64      predict on a 64-review batch (T=200), 1 and 2 threads
+    predict_imdb_b64      predict on 64 real reviews (T=200), 1 and 2 threads
 
 Run: pytest bench/test_bench_model.py --benchmark-group-by=group   (FASTLSTM_BACKEND picks the kernels)
 Every fastlstm benchmark also checks its result against the NumPy reference afterwards: fast and wrong fails.
@@ -18,7 +19,7 @@ import pytest
 import fastlstm
 from fastlstm import config
 from fastlstm import layers as L
-from fastlstm.benchmark import B_TRAIN, T_IMDB, VOCAB, imdb_batch, imdb_model, model_grads
+from fastlstm.benchmark import B_TRAIN, T_IMDB, VOCAB, imdb_batch, imdb_model, imdb_review_batch, model_grads
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -29,10 +30,15 @@ def one_thread():
 
 
 # ---- training step ------------------------------------------------------------------------------------------
-def test_bench_train_step_imdb(benchmark):
+def train_batch(data):
+    """32 real reviews, or uniform random ids (no repeated tokens for the per-token projection to exploit)"""
+    return imdb_review_batch(B_TRAIN) if data == "reviews" else imdb_batch(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("data", ["reviews", "uniform"])
+def test_bench_train_step_imdb(benchmark, data):
     from fastlstm.training.trainer import _normalize_targets
-    rng = np.random.default_rng(0)
-    x, y = imdb_batch(rng)
+    x, y = train_batch(data)
     m = imdb_model()
     m.compile("adam", "binary_crossentropy")
     tr = m._trainer
@@ -40,7 +46,7 @@ def test_bench_train_step_imdb(benchmark):
     xs, ys = m._normalize_inputs(x), _normalize_targets(m, y, B_TRAIN)
     step_rng = np.random.default_rng(1)
     tr.train_step(xs, ys, step_rng)                     # JIT / caches / buffers outside the timing
-    benchmark.group = "train_imdb_b32_t200"
+    benchmark.group = f"train_imdb_b32_t200_{data}"
     benchmark.extra_info.update(backend=fastlstm.get_backend().name, threads=1,
                                 gflop=3 * 2 * B_TRAIN * T_IMDB * 4 * 128 * 256 / 1e9)
     benchmark.pedantic(tr.train_step, args=(xs, ys, step_rng), rounds=10, iterations=1, warmup_rounds=1)
@@ -56,7 +62,8 @@ def test_bench_train_step_imdb(benchmark):
         npt.assert_allclose(g, w, rtol=2e-3, atol=2e-6)
 
 
-def test_bench_train_step_imdb_torch(benchmark):
+@pytest.mark.parametrize("data", ["reviews", "uniform"])
+def test_bench_train_step_imdb_torch(benchmark, data):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -75,7 +82,7 @@ def test_bench_train_step_imdb_torch(benchmark):
     net = Net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    x, y = imdb_batch(np.random.default_rng(0))
+    x, y = train_batch(data)
     xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y)
 
     def step():
@@ -85,7 +92,7 @@ def test_bench_train_step_imdb_torch(benchmark):
         opt.step()
 
     step()
-    benchmark.group = "train_imdb_b32_t200"
+    benchmark.group = f"train_imdb_b32_t200_{data}"
     benchmark.extra_info.update(peer="torch", torch=torch.__version__, threads=1)
     benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
 
@@ -195,7 +202,7 @@ def test_bench_stream_step_onnxruntime(benchmark, H):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bench_predict_imdb_b64(benchmark, threads):
     m = imdb_model()
-    x, _ = imdb_batch(np.random.default_rng(0), B=64)
+    x, _ = imdb_review_batch(64)
     want = m.predict(x)
     fastlstm.set_num_threads(threads)
     m.predict(x)

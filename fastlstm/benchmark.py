@@ -11,9 +11,11 @@ Workloads (design.md, "Measuring"):
             A custom kernel workload is named CELL[_train]_bB_tT_iI_hH, e.g. lstm_b2_t8_i16_h16.
     model   stream_step_b1_h128 / _h512: one `session.step` of Sequential([Input((None, H)), LSTM(H)]) streamed
             with batch 1 (peers: onnxruntime LSTM node with T=1 fed its own states back, torch nn.LSTM);
-            train_imdb_b32_t200: Embedding(20000,128) + LSTM(128) + Dense(1, sigmoid), BCE + Adam, one step
-            (peer: torch with the same weights, autograd, torch.optim.Adam);
-            predict_imdb_b64: predict on 64 token sequences of length 200 (peers: the model exported to ONNX
+            train_imdb_b32_t200: Embedding(20000,128) + LSTM(128) + Dense(1, sigmoid), BCE + Adam, one step on
+            32 real IMDB reviews (fastlstm/data/imdb_bench_batch.npz); _uniform: the same on uniform random ids,
+            where no token repeats for the per-token input projection to exploit (peer: torch with the same
+            weights, autograd, torch.optim.Adam);
+            predict_imdb_b64: predict on 64 real reviews of length 200 (peers: the model exported to ONNX
             in onnxruntime, torch under inference_mode).
 
 FLOPs: 2*B*T*G*(I+H) per recurrent forward (G = 4H for LSTM, 3H for GRU), 3x that for forward+backward;
@@ -49,7 +51,8 @@ WORKLOADS = OrderedDict([
     ("gru_batch_b64_t100_h256", ("gru", 64, 100, 256, 256, False)),
     ("gru_train_b32_t200_h128", ("gru", 32, 200, 128, 128, True)),
 ])
-MODEL_WORKLOADS = ("stream_step_b1_h128", "stream_step_b1_h512", "train_imdb_b32_t200", "predict_imdb_b64")
+MODEL_WORKLOADS = ("stream_step_b1_h128", "stream_step_b1_h512", "train_imdb_b32_t200", "train_imdb_b32_t200_uniform",
+                   "predict_imdb_b64")
 QUICK_SKIP = ("batch_b256_t50_h512",)
 FWD_OUT = {"lstm": ("y_out", "hT_out", "cT_out"), "gru": ("y_out", "hT_out")}
 BWD_OUT = {"lstm": ("dx_out", "dw_x_out", "dw_h_out", "db_out", "dh0_out", "dc0_out"),
@@ -450,8 +453,21 @@ def imdb_model(seed=0):
 
 
 def imdb_batch(rng, B=B_TRAIN, T=T_IMDB):
-    """Token ids (B, T) int32 in [1, VOCAB) and 0/1 labels (B, 1) float32."""
+    """Uniform random token ids (B, T) int32 in [1, VOCAB) and 0/1 labels (B, 1) float32: every position a fresh
+    draw (86% distinct ids at B=32), the hardest case for Embedding -> LSTM training (no token repeats)."""
     return rng.integers(1, VOCAB, size=(B, T)).astype(np.int32), rng.integers(0, 2, size=(B, 1)).astype(np.float32)
+
+
+def imdb_review_batch(B=B_TRAIN):
+    """The first B (<= 64) real IMDB training reviews as the IMDB model sees them (fastlstm/data/
+    imdb_bench_batch.npz, written by tools/make_bench_batch.py: top-20000-word vocabulary, pre-padded and
+    pre-truncated to 200): ids (B, 200) int32, labels (B, 1) float32. 26% distinct ids in the first 32."""
+    import os
+    with np.load(os.path.join(os.path.dirname(__file__), "data", "imdb_bench_batch.npz")) as f:
+        ids, labels = f["ids"], f["labels"]
+    if B > len(ids):
+        raise ValueError(f"imdb_review_batch: at most {len(ids)} reviews, asked for {B}")
+    return ids[:B].astype(np.int32), labels[:B, None].astype(np.float32)
 
 
 def stream_model(H, seed=0, return_sequences=False):
@@ -634,12 +650,15 @@ class StreamStep(ModelWorkload):
 class TrainIMDB(ModelWorkload):
     name = "train_imdb_b32_t200"
     description = f"Embedding({VOCAB},{EMBED}) + LSTM({UNITS}) + Dense(1, sigmoid), B={B_TRAIN} T={T_IMDB}, " \
-                  f"one training step (BCE, Adam)"
+                  f"one training step (BCE, Adam) on 32 real reviews"
     gflop = flops("lstm", B_TRAIN, T_IMDB, EMBED, UNITS, True) / 1e9
+
+    def batch(self):
+        return imdb_review_batch(B_TRAIN)
 
     def prepare(self):
         from fastlstm.training.trainer import _normalize_targets
-        self.x, self.y = imdb_batch(np.random.default_rng(0))
+        self.x, self.y = self.batch()
         m64 = float64_twin(imdb_model(), imdb_model)
         m64.compile("adam", "binary_crossentropy")
         m64._trainer.setup()
@@ -678,13 +697,22 @@ class TrainIMDB(ModelWorkload):
         return {"torch": (step, check)}
 
 
+class TrainIMDBUniform(TrainIMDB):
+    name = "train_imdb_b32_t200_uniform"
+    description = TrainIMDB.description.replace("32 real reviews", "uniform random ids (no repeats to exploit)")
+
+    def batch(self):
+        return imdb_batch(np.random.default_rng(0))
+
+
 class PredictIMDB(ModelWorkload):
     name = "predict_imdb_b64"
-    description = f"predict, Embedding({VOCAB},{EMBED}) + LSTM({UNITS}) + Dense(1, sigmoid), B={B_PREDICT} T={T_IMDB}"
+    description = f"predict, Embedding({VOCAB},{EMBED}) + LSTM({UNITS}) + Dense(1, sigmoid), B={B_PREDICT} T={T_IMDB}" \
+                  f", 64 real reviews"
     gflop = flops("lstm", B_PREDICT, T_IMDB, EMBED, UNITS, False) / 1e9
 
     def prepare(self):
-        self.x, _ = imdb_batch(np.random.default_rng(0), B=B_PREDICT)
+        self.x, _ = imdb_review_batch(B_PREDICT)
         self.model = imdb_model()
         with _Backend("reference"):
             self.ref = {"p": float64_twin(self.model, imdb_model).predict(self.x)}
@@ -724,7 +752,8 @@ class PredictIMDB(ModelWorkload):
 def model_workload(name):
     if name.startswith("stream_step_b1_h"):
         return StreamStep(int(name.rsplit("h", 1)[1]))
-    return {"train_imdb_b32_t200": TrainIMDB, "predict_imdb_b64": PredictIMDB}[name]()
+    return {"train_imdb_b32_t200": TrainIMDB, "train_imdb_b32_t200_uniform": TrainIMDBUniform,
+            "predict_imdb_b64": PredictIMDB}[name]()
 
 
 # ------------------------------------------------------------------------------------------------ timing, machine
