@@ -29,6 +29,16 @@ def one_thread():
     fastlstm.set_num_threads(saved)
 
 
+def reference_predict(m, x):
+    """m.predict(x) through the NumPy reference kernels (the backend restored after)."""
+    saved = fastlstm.backend._state.copy()
+    try:
+        fastlstm.set_backend("reference")
+        return m.predict(x)
+    finally:
+        fastlstm.backend._state.update(saved)
+
+
 # ---- training step ------------------------------------------------------------------------------------------
 def train_batch(data):
     """32 real reviews, or uniform random ids (no repeated tokens for the per-token projection to exploit)"""
@@ -114,13 +124,7 @@ def test_bench_stream_step(benchmark, H):
     session.reset()
     for t in range(50):
         out = session.step(np.ascontiguousarray(xs[:, t:t + 1]))
-    saved = fastlstm.backend._state.copy()
-    try:
-        fastlstm.set_backend("reference")
-        want = m.predict(xs)
-    finally:
-        fastlstm.backend._state.update(saved)
-    npt.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    npt.assert_allclose(out, reference_predict(m, xs), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("path", ["compiled", "numpy_closure"])
@@ -150,13 +154,7 @@ def test_bench_stream_token_step(benchmark, path):
     session.reset()
     for x in toks:
         out = session.step(x)
-    saved = fastlstm.backend._state.copy()
-    try:
-        fastlstm.set_backend("reference")
-        want = m.predict(ids)
-    finally:
-        fastlstm.backend._state.update(saved)
-    npt.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    npt.assert_allclose(out, reference_predict(m, ids), rtol=1e-4, atol=1e-5)
     if path == "compiled" and session._compiled is not None:
         assert session._compiled.n_fallback == 0
 

@@ -8,9 +8,8 @@ import pytest
 import fastlstm
 from fastlstm import layers as L
 from fastlstm.layers import recurrent
-from fastlstm.training.trainer import _normalize_targets
 
-from test_training_gradcheck import check_gradients, padded_tokens, prepare
+from test_training_gradcheck import check_gradients, loss_and_grads, padded_tokens, prepare
 
 
 @pytest.fixture
@@ -23,19 +22,12 @@ def project(monkeypatch):
 
 
 def grads_and_outputs(model, x, y):
-    tr = model._trainer
-    tr.setup()
-    tr._ensure_grads()
-    xs = model._normalize_inputs(x)
-    ys = _normalize_targets(model, y, xs[0].shape[0])
-    values, ctxs = tr.forward(xs, training=True, rng=np.random.default_rng(0))
-    loss, _, d = tr._losses(values, ctxs, ys)
-    tr._zero_grads()
-    tr.backward(ctxs, d)
-    # recurrent layers that ran projected (a Bidirectional counts once if either half did)
+    """(loss, gradients, how many recurrent layers ran projected; a Bidirectional counts once if either half
+    did) of one training forward/backward."""
+    loss, grads, ctxs = loss_and_grads(model, x, y, rng=np.random.default_rng(0), with_ctxs=True)
     projected = [c for c in ctxs if isinstance(c, dict)
                  and ("rows" in c or "rows" in c.get("cf", {}) or "rows" in c.get("cb", {}))]
-    return loss, [g.copy() for leaf, _ in tr.leaves for g in leaf.grads], len(projected)
+    return loss, grads, len(projected)
 
 
 MODELS = {

@@ -23,17 +23,19 @@ def perturb(model, rng, scale=0.5):
                        for w in model.get_weights()])
 
 
-def loss_and_grads(model, x, y):
+def loss_and_grads(model, x, y, rng=None, with_ctxs=False):
+    """(loss, weight gradients) of one training forward/backward (with_ctxs: also every node's ctx)."""
     tr = model._trainer
     tr.setup()
     tr._ensure_grads()
     xs = model._normalize_inputs(x)
     ys = _normalize_targets(model, y, xs[0].shape[0])
-    values, ctxs = tr.forward(xs, training=True)
+    values, ctxs = tr.forward(xs, training=True, rng=rng)
     loss, _, d = tr._losses(values, ctxs, ys)
     tr._zero_grads()
     tr.backward(ctxs, d)
-    return loss, [g.copy() for leaf, _ in tr.leaves for g in leaf.grads]
+    grads = [g.copy() for leaf, _ in tr.leaves for g in leaf.grads]
+    return (loss, grads, ctxs) if with_ctxs else (loss, grads)
 
 
 def loss_only(model, x, y):
