@@ -18,6 +18,7 @@ def project(monkeypatch):
     def set_(on):
         for k in ("train", "predict"):
             monkeypatch.setitem(recurrent.PROJECT_MAX_DISTINCT, k, 1.0 if on else -1.0)
+        monkeypatch.setattr(recurrent, "PROJECT_MIN_WORK_PER_VOCAB", 0)
     return set_
 
 
@@ -83,9 +84,10 @@ def test_projected_gradients_match_finite_differences(project):
     check_gradients(m, x, y, rng)
 
 
-def test_projection_only_when_tokens_repeat():
-    """The default threshold: real text (a few hundred distinct words per batch) projects; a batch of all
-    distinct ids runs the gathered path."""
+def test_projection_only_when_tokens_repeat(monkeypatch):
+    """The default distinct-id threshold: real text (a few hundred distinct words per batch) projects; a batch
+    of all distinct ids runs the gathered path."""
+    monkeypatch.setattr(recurrent, "PROJECT_MIN_WORK_PER_VOCAB", 0)
     m = fastlstm.Sequential([L.Embedding(1000, 4), L.LSTM(3), L.Dense(1, activation="sigmoid")])
     m.build((None, None))
     m.compile(optimizer="adam", loss="binary_crossentropy")
@@ -94,6 +96,21 @@ def test_projection_only_when_tokens_repeat():
     distinct = np.arange(1, 201).reshape(4, 50)
     assert grads_and_outputs(m, repeated, y)[2] == 1
     assert grads_and_outputs(m, distinct, y)[2] == 0
+
+
+def test_projection_only_when_the_input_gemm_is_large():
+    """The default work threshold: one short review through a small model skips the distinct-id pass (it
+    would cost about what it saves); a training batch of the IMDB model projects."""
+    y = np.zeros((1, 1), np.float32)
+    small = fastlstm.Sequential([L.Embedding(10000, 32), L.LSTM(32), L.Dense(1, activation="sigmoid")])
+    small.build((None, None))
+    small.compile(optimizer="adam", loss="binary_crossentropy")
+    assert grads_and_outputs(small, np.tile(np.arange(1, 11), (1, 20)), y)[2] == 0
+    big = fastlstm.Sequential([L.Embedding(20000, 128), L.LSTM(128), L.Dense(1, activation="sigmoid")])
+    big.build((None, None))
+    big.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).integers(1, 300, (32, 200))
+    assert grads_and_outputs(big, x, np.zeros((32, 1), np.float32))[2] == 1
 
 
 def test_no_projection_when_embedding_output_is_shared_or_dropped(project):

@@ -22,6 +22,10 @@ _EMPTY_MASK = np.zeros((0, 0), np.uint8)
 # 20000x128 -> LSTM(128)), 1 thread: a training step about 0.8, predict about 0.65; a real IMDB batch of 32
 # reviews has 0.24, uniform random ids over the vocabulary 0.86.
 PROJECT_MAX_DISTINCT = {"train": 0.75, "predict": 0.5}
+# ... and only when the input GEMM (positions x E x G) is large against the distinct-id pass, which costs about
+# as much as a sweep over the vocabulary: a one-review predict of a small model (the demo's 200 words,
+# Embedding(10000, 32) -> LSTM(32)) is faster without (measured 27 us for the pass, about as much as it saves)
+PROJECT_MIN_WORK_PER_VOCAB = 150
 
 
 def _check_rank3(layer, x):
@@ -164,6 +168,9 @@ class RNN(Layer):
         SimpleRNN, time_major, input dropout in training, or too many distinct tokens for it to pay."""
         if not getattr(self, "projects_tokens", False) or self.time_major or not self.built \
                 or rows.shape[2] != self.input_dim:
+            return None
+        B, T, E = rows.shape
+        if B * T * E * self.gates * self.units < PROJECT_MIN_WORK_PER_VOCAB * rows.layer.input_dim:
             return None
         uids, inv_tm = rows.unique()
         if uids.size > PROJECT_MAX_DISTINCT["train" if training else "predict"] * inv_tm.size:
