@@ -7,6 +7,7 @@ Each family lives in tools/goldens/<family>.py and runs in the venv that has its
     ~/kvenv/bin/python tools/make_goldens.py onnx_keras   # tf2onnx + Keras 3 model.export   -> tests/data/onnx/
     ~/tvenv/bin/python tools/make_goldens.py onnx_torch   # torch.onnx.export (TS + dynamo)   -> tests/data/onnx/
     ~/kvenv/bin/python tools/make_goldens.py train        # Keras optimizer steps             -> tests/data/train/
+    ~/kvenv/bin/python tools/make_goldens.py training_layers  # fits/gradients of the layers around the RNNs -> tests/data/train_layers/
     ~/kvenv/bin/python tools/make_goldens.py text         # pad_sequences / Tokenizer / TextVectorization -> tests/data/text/
 
 A family writes one folder per case (model file(s), input.npz, expected.npz) and merges its cases into
@@ -18,7 +19,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAMILIES = ("keras", "onnx_keras", "onnx_torch", "train", "text")
+FAMILIES = ("keras", "onnx_keras", "onnx_torch", "train", "training_layers", "text")
 
 
 def main(argv=None):

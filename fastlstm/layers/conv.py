@@ -1,4 +1,4 @@
-"""1-D convolution and pooling layers (Keras 3 arguments and semantics, inference only).
+"""1-D convolution and pooling layers (Keras 3 arguments and semantics).
 
 Shapes are channels_last (batch, steps, channels) unless data_format="channels_first" (batch, channels, steps).
 
@@ -9,6 +9,14 @@ Shapes are channels_last (batch, steps, channels) unless data_format="channels_f
               ignored (max over real values, average over the real count).
 Masks: Keras drops the mask at Conv1D and the pooling layers (they do not support masking);
 GlobalAveragePooling1D averages over the unmasked steps only; GlobalMaxPooling1D ignores the mask (Keras 3).
+
+Training (`forward` / `backward`, the gradients of TensorFlow's ops):
+    Conv1D:   dz = dy * act'(z);  dkernel = cols^T dz;  dbias = sum dz;  dx = the window gradients dz kernel^T
+              added back at the steps each window read (padding dropped)
+    MaxPooling1D:  dy goes to the first maximum of each window (tf MaxPoolGrad); AveragePooling1D: dy / count
+              to every real step of the window; overlapping windows add up
+    GlobalMaxPooling1D: dy split evenly among the steps equal to the max (tf reduce_max's gradient);
+    GlobalAveragePooling1D: dy / count to every unmasked step
 """
 import math
 
@@ -16,6 +24,7 @@ import numpy as np
 
 from .. import activations, initializers
 from .base import Layer, float_dtype
+from .core import activation_backward, add_grad
 
 
 def _as_float(layer, x):
@@ -52,6 +61,18 @@ def _windows(x, out_len, window_offsets, stride):
     """x (B, L, C) -> (B, out_len, K, C) gathered windows: rows t*stride + offsets."""
     idx = (np.arange(out_len) * stride)[:, None] + np.asarray(window_offsets)[None, :]
     return x[:, idx, :]
+
+
+def _scatter_windows(d_win, offsets, length, stride, left, dtype):
+    """Adjoint of `_windows` on a left-padded input: d_win (B, out, K, C) holds the gradient of window cell
+    (t, j), which read input step t*stride + offsets[j] - left; returns (B, length, C), every cell added at its
+    step (cells on padding dropped)."""
+    B, out, _, C = d_win.shape
+    padded = max(left + length, (out - 1) * stride + int(offsets[-1]) + 1) if out else left + length
+    dxp = np.zeros((B, padded, C), dtype)
+    for j, off in enumerate(offsets):
+        dxp[:, off:off + (out - 1) * stride + 1:stride] += d_win[:, :, j]
+    return dxp[:, left:left + length]
 
 
 def _norm_int(v, name):
@@ -130,35 +151,74 @@ class Conv1D(Layer):
     def compute_mask(self, inputs, mask=None):
         return None
 
-    def call(self, inputs, mask=None, training=False):
+    def _columns(self, inputs):
+        """(x channels_last, cols (B, out, k, C): the dilated windows of the padded input, left padding)."""
         x = _as_float(self, inputs)
         _check_rank(self, x)
         x = _to_channels_last(x, self.data_format)
-        dt = x.dtype
-        kernel = self._weights[0].astype(dt, copy=False)
-        k, cin_g, F = kernel.shape
+        k, cin_g, _ = self._weights[0].shape
         if x.shape[2] != cin_g * self.groups:
             raise ValueError(f"layer {self.name!r} (Conv1D) expects {cin_g * self.groups} input channels, "
                              f"got input of shape {np.shape(inputs)}")
-        B, L, _ = x.shape
+        L = x.shape[1]
         window = self.dilation_rate * (k - 1) + 1
         out_len, left = _out_len(L, window, self.strides, self.padding)
         if self.padding == "same":
             right = max((out_len - 1) * self.strides + window - L - left, 0)
-            x = np.pad(x, ((0, 0), (left, right), (0, 0)))
+            x_pad = np.pad(x, ((0, 0), (left, right), (0, 0)))
         elif self.padding == "causal":
-            x = np.pad(x, ((0, 0), (left, 0), (0, 0)))
-        cols = _windows(x, out_len, np.arange(k) * self.dilation_rate, self.strides)   # (B, out, k, C)
+            x_pad = np.pad(x, ((0, 0), (left, 0), (0, 0)))
+        else:
+            x_pad = x
+        return x, _windows(x_pad, out_len, np.arange(k) * self.dilation_rate, self.strides), left
+
+    def _group_slices(self):
+        """Per group: (input channel slice, filter slice)."""
+        _, cin_g, F = self._weights[0].shape
         fg = F // self.groups
-        ys = []
-        for g in range(self.groups):
-            part = cols[:, :, :, g * cin_g:(g + 1) * cin_g].reshape(B * out_len, k * cin_g)
-            ys.append(part @ kernel[:, :, g * fg:(g + 1) * fg].reshape(k * cin_g, fg))
-        y = (ys[0] if self.groups == 1 else np.concatenate(ys, axis=1)).reshape(B, out_len, F)
+        return [(slice(g * cin_g, (g + 1) * cin_g), slice(g * fg, (g + 1) * fg)) for g in range(self.groups)]
+
+    def _pre_activation(self, cols, dt):
+        B, out_len, k, _ = cols.shape
+        kernel = self._weights[0].astype(dt, copy=False)
+        ys = [cols[:, :, :, ci].reshape(B * out_len, -1) @ kernel[:, :, fo].reshape(-1, fo.stop - fo.start)
+              for ci, fo in self._group_slices()]
+        z = (ys[0] if self.groups == 1 else np.concatenate(ys, axis=1)).reshape(B, out_len, self.filters)
         if self.use_bias:
-            y = y + self._weights[1].astype(dt, copy=False)
-        y = self._act(y).astype(dt, copy=False)
+            z = z + self._weights[1].astype(dt, copy=False)
+        return z
+
+    def call(self, inputs, mask=None, training=False):
+        x, cols, _ = self._columns(inputs)
+        y = self._act(self._pre_activation(cols, x.dtype)).astype(x.dtype, copy=False)
         return _to_channels_last(y, self.data_format)
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        """Training pass: (output, ctx with the windows, pre-activations and geometry)."""
+        x, cols, left = self._columns(inputs)
+        z = self._pre_activation(cols, x.dtype)
+        y = z if self.activation == "linear" else self._act(z).astype(x.dtype, copy=False)
+        return _to_channels_last(y, self.data_format), {"cols": cols, "z": z, "y": y, "left": left,
+                                                         "length": x.shape[1]}
+
+    def backward(self, ctx, dy):
+        """d inputs; adds d kernel, d bias to self.grads."""
+        dz = activation_backward(self.activation, ctx["z"], ctx["y"], _to_channels_last(dy, self.data_format))
+        cols = ctx["cols"]
+        B, out_len, k, C = cols.shape
+        kernel = self._weights[0].astype(dz.dtype, copy=False)
+        d_cols = np.empty_like(cols)
+        for ci, fo in self._group_slices():
+            part = cols[:, :, :, ci].reshape(B * out_len, -1)
+            dz_g = dz[:, :, fo].reshape(B * out_len, -1)
+            k_g = kernel[:, :, fo].reshape(-1, dz_g.shape[1])
+            self.grads[0][:, :, fo] += (part.T @ dz_g).reshape(k, -1, dz_g.shape[1])
+            d_cols[:, :, :, ci] = (dz_g @ k_g.T).reshape(B, out_len, k, -1)
+        if self.use_bias:
+            add_grad(self, 1, dz.sum(axis=(0, 1)))
+        dx = _scatter_windows(d_cols, np.arange(k) * self.dilation_rate, ctx["length"], self.strides, ctx["left"],
+                              dz.dtype)
+        return _to_channels_last(dx, self.data_format)
 
     def get_config(self):
         cfg = super().get_config()
@@ -189,18 +249,35 @@ class _Pooling1D(Layer):
     def compute_mask(self, inputs, mask=None):
         return None
 
-    def call(self, inputs, mask=None, training=False):
+    def _pool(self, inputs):
+        """(x channels_last, windows (B, out, pool, C), valid (1, out, pool, 1): cells on real steps, left)."""
         x = _as_float(self, inputs)
         _check_rank(self, x)
         x = _to_channels_last(x, self.data_format)
-        B, L, C = x.shape
+        L = x.shape[1]
         out_len, left = _out_len(L, self.pool_size, self.strides, self.padding)
         # index of each window cell in the unpadded input; cells outside [0, L) are padding
         idx = (np.arange(out_len) * self.strides - left)[:, None] + np.arange(self.pool_size)[None, :]
         valid = (idx >= 0) & (idx < L)
         win = x[:, np.clip(idx, 0, max(L - 1, 0)), :]          # (B, out, pool, C)
-        y = self._reduce(win, valid[None, :, :, None])
-        return _to_channels_last(y.astype(x.dtype, copy=False), self.data_format)
+        return x, win, valid[None, :, :, None], left
+
+    def call(self, inputs, mask=None, training=False):
+        x, win, valid, _ = self._pool(inputs)
+        return _to_channels_last(self._reduce(win, valid).astype(x.dtype, copy=False), self.data_format)
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        """Training pass: (output, ctx with each window cell's share of the output gradient)."""
+        x, win, valid, left = self._pool(inputs)
+        y = self._reduce(win, valid).astype(x.dtype, copy=False)
+        return _to_channels_last(y, self.data_format), {"share": self._cell_weights(win, valid).astype(x.dtype),
+                                                         "left": left, "length": x.shape[1]}
+
+    def backward(self, ctx, dy):
+        dy = _to_channels_last(dy, self.data_format)
+        d_win = ctx["share"] * dy[:, :, None, :]
+        dx = _scatter_windows(d_win, np.arange(self.pool_size), ctx["length"], self.strides, ctx["left"], dy.dtype)
+        return _to_channels_last(dx, self.data_format)
 
     def get_config(self):
         cfg = super().get_config()
@@ -215,12 +292,21 @@ class MaxPooling1D(_Pooling1D):
     def _reduce(self, win, valid):
         return np.max(np.where(valid, win, -np.inf), axis=2)
 
+    def _cell_weights(self, win, valid):
+        """1 at the first maximum of each window (TF's MaxPoolGrad), else 0."""
+        first = np.argmax(np.where(valid, win, -np.inf), axis=2)
+        return np.arange(win.shape[2])[None, None, :, None] == first[:, :, None, :]
+
 
 class AveragePooling1D(_Pooling1D):
     """Mean over windows of `pool_size` steps ('same' padding: over the real steps only)."""
 
     def _reduce(self, win, valid):
         return np.sum(np.where(valid, win, 0), axis=2) / np.sum(valid, axis=2)
+
+    def _cell_weights(self, win, valid):
+        """1 / (real cells in the window) on real cells, 0 on padding."""
+        return np.broadcast_to(valid / np.sum(valid, axis=2, keepdims=True), (1,) + win.shape[1:3] + (1,))
 
 
 class _GlobalPooling1D(Layer):
@@ -260,6 +346,18 @@ class GlobalMaxPooling1D(_GlobalPooling1D):
         _check_rank(self, x)
         return np.max(x, axis=self._steps_axis, keepdims=self.keepdims)
 
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        x = _as_float(self, inputs)
+        _check_rank(self, x)
+        top = np.max(x, axis=self._steps_axis, keepdims=True)
+        hits = x == top
+        share = hits / np.sum(hits, axis=self._steps_axis, keepdims=True).astype(x.dtype)
+        return (top if self.keepdims else np.squeeze(top, self._steps_axis)), {"share": share.astype(x.dtype)}
+
+    def backward(self, ctx, dy):
+        """dy split evenly among the steps that hold the maximum (tf reduce_max's gradient)."""
+        return ctx["share"] * (dy if self.keepdims else np.expand_dims(dy, self._steps_axis))
+
 
 class GlobalAveragePooling1D(_GlobalPooling1D):
     """Mean over the steps axis; with a mask, the mean over the unmasked steps (a fully masked row gives NaN,
@@ -275,6 +373,23 @@ class GlobalAveragePooling1D(_GlobalPooling1D):
         with np.errstate(invalid="ignore", divide="ignore"):
             return (np.sum(np.where(m, x, 0), axis=ax, keepdims=self.keepdims)
                     / np.sum(m, axis=ax, keepdims=self.keepdims).astype(x.dtype))
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        x = _as_float(self, inputs)
+        y = self.call(x, mask=mask)
+        ax = self._steps_axis
+        if mask is None:
+            share = np.full((1,) * x.ndim, 1.0 / x.shape[ax], x.dtype)
+        else:
+            m = np.expand_dims(np.asarray(mask, dtype=bool), 2 if ax == 1 else 1)
+            with np.errstate(divide="ignore"):             # a fully masked row: NaN output, zero gradient
+                share = np.where(m, 1.0 / np.sum(m, axis=ax, keepdims=True), 0.0).astype(x.dtype)
+        return y, {"share": share, "shape": x.shape}
+
+    def backward(self, ctx, dy):
+        """dy / count to every unmasked step (every step without a mask)."""
+        dy = dy if self.keepdims else np.expand_dims(dy, self._steps_axis)
+        return np.broadcast_to(ctx["share"] * dy, ctx["shape"]).copy()
 
 
 __all__ = ["Conv1D", "MaxPooling1D", "AveragePooling1D", "GlobalMaxPooling1D", "GlobalAveragePooling1D"]

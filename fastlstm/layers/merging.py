@@ -8,6 +8,14 @@ Masks (batch, steps), Keras 3:
     Concatenate: masks broadcast to the inputs (None -> all True), concatenated on `axis`, any() over the last axis.
 Keras 2 (tf.keras / tf_keras files; the loader sets `keras2_masking = True`): the values ignore the masks and
 the masks combine with AND (all() instead of any()).
+
+Training (`forward` / `backward`), the gradients TensorFlow's autodiff gives for the same ops:
+    Add: dx_k = dy;   Subtract: dy, -dy;   Average: dy / n
+    Multiply: dx_k = dy * prod_{j != k} x'_j where x'_j = x_j (1 at masked steps), 0 at x_k's masked steps
+              (and 0 outside the OR mask when every input is masked)
+    Maximum/Minimum: each output element is a copy of one input element (selects and max/min, ties to the running
+              result, i.e. the earlier input, as tf.maximum's gradient); dy goes to that element only
+Inputs that broadcast (a size-1 axis, or a lower rank expanded at axis 1) get dy summed back to their shape.
 """
 import numpy as np
 
@@ -24,6 +32,12 @@ def _as_list(layer, inputs):
             raise TypeError(f"layer {layer.name!r} expects numeric arrays, got dtype {x.dtype}")
         out.append(x)
     return out
+
+
+def _unbroadcast(g, shape):
+    """Sum a gradient of the broadcast shape back to an input's `shape` (same rank, size-1 axes broadcast)."""
+    axes = tuple(k for k, (a, b) in enumerate(zip(shape, g.shape)) if a == 1 and b != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
 
 
 def _mask_list(mask, n):
@@ -85,7 +99,8 @@ class _Merge(Layer):
             return None
         return np.logical_or.reduce([np.asarray(m, bool) for m in masks])
 
-    def call(self, inputs, mask=None, training=False):
+    def _prepare(self, inputs, mask):
+        """(inputs cast to one float dtype and expanded to one rank, their masks or None, the dtype)."""
         xs = _as_list(self, inputs)
         self._check_count(len(xs))
         dt = np.result_type(*[float_dtype(x) for x in xs])
@@ -93,7 +108,27 @@ class _Merge(Layer):
         masks = _mask_list(mask, len(xs))
         if self.keras2_masking or all(m is None for m in masks):
             masks = None
+        return xs, masks, dt
+
+    def call(self, inputs, mask=None, training=False):
+        xs, masks, dt = self._prepare(inputs, mask)
         return np.asarray(self._merge(xs, masks), dtype=dt)
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        """Training pass: (output, ctx)."""
+        xs, masks, dt = self._prepare(inputs, mask)
+        y, saved = self._merge_train(xs, masks)
+        return np.asarray(y, dtype=dt), {"expanded": [x.shape for x in xs], "shapes": [np.shape(x) for x in inputs],
+                                         "saved": saved}
+
+    def backward(self, ctx, dy):
+        """d inputs (a list, one per input, in each input's own shape)."""
+        grads = self._merge_grads(len(ctx["shapes"]), ctx["saved"], dy)
+        return [_unbroadcast(g, e).reshape(shape) for g, e, shape in zip(grads, ctx["expanded"], ctx["shapes"])]
+
+    def _merge_train(self, xs, masks):
+        """(output, what _merge_grads needs); by default the output alone."""
+        return self._merge(xs, masks), None
 
     @staticmethod
     def _value_mask(m, x):
@@ -113,6 +148,9 @@ class Add(_Merge):
             out = out + x
         return out
 
+    def _merge_grads(self, n, saved, dy):
+        return [dy] * n
+
 
 class Subtract(_Merge):
     """inputs[0] - inputs[1] (exactly two inputs)."""
@@ -126,6 +164,9 @@ class Subtract(_Merge):
     def _merge(self, xs, masks):
         return xs[0] - xs[1]
 
+    def _merge_grads(self, n, saved, dy):
+        return [dy, -dy]
+
 
 class Average(_Merge):
     """Elementwise mean of the inputs."""
@@ -136,62 +177,97 @@ class Average(_Merge):
             out = out + x
         return out / len(xs)
 
+    def _merge_grads(self, n, saved, dy):
+        return [dy / dy.dtype.type(n)] * n
+
 
 class _MinMax(_Merge):
     op = None
+    keeps_first = None       # (running result, next input) -> where the gradient goes to the running result
 
     def _merge(self, xs, masks):
-        if masks is None:
-            out = xs[0]
-            for x in xs[1:]:
-                out = self.op(out, x)
-            return out
-        out, out_mask = None, None
-        for x, m in zip(xs, masks):
-            m = self._value_mask(m, x)
-            if out is None:
-                out, out_mask = x, m
-                continue
+        return self._select(xs, masks, track=False)[0]
+
+    def _select(self, xs, masks, track=True):
+        """(output, source): source[...] is the index of the input each output element was taken from (None
+        unless `track`)."""
+        shape = np.broadcast_shapes(*[x.shape for x in xs])
+        out, src, out_mask = xs[0], (np.zeros(shape, np.intp) if track else None), None
+        if masks is not None:
+            out_mask = self._value_mask(masks[0], xs[0])
+        for k, x in enumerate(xs[1:], start=1):
+            m = None if masks is None else self._value_mask(masks[k], x)
+            x_src = np.full(shape, k, np.intp) if track else None
             if m is not None:
                 x = np.where(m, x, out)
+                x_src = np.where(m, x_src, src) if track else None
             if out_mask is not None:
                 out = np.where(out_mask, out, x)
+                src = np.where(out_mask, src, x_src) if track else None
             out_mask = np.logical_or(out_mask, m) if (m is not None and out_mask is not None) else None
+            if track:
+                src = np.where(self.keeps_first(out, x), src, x_src)
             out = self.op(out, x)
-        return out
+        return out, src
+
+    def _merge_train(self, xs, masks):
+        return self._select(xs, masks)
+
+    def _merge_grads(self, n, src, dy):
+        zero = dy.dtype.type(0)
+        return [np.where(src == k, dy, zero) for k in range(n)]
 
 
 class Maximum(_MinMax):
     """Elementwise maximum of the inputs."""
     op = staticmethod(np.maximum)
+    keeps_first = staticmethod(np.greater_equal)
 
 
 class Minimum(_MinMax):
     """Elementwise minimum of the inputs."""
     op = staticmethod(np.minimum)
+    keeps_first = staticmethod(np.less_equal)
 
 
 class Multiply(_Merge):
     """Elementwise product of the inputs."""
 
     def _merge(self, xs, masks):
+        return self._merge_train(xs, masks)[0]
+
+    def _merge_train(self, xs, masks):
+        """(output, (factors with 1 at masked steps, each factor's mask, the OR mask when every input has one))."""
         if masks is None:
-            out = xs[0]
-            for x in xs[1:]:
-                out = out * x
-            return out
-        all_masked = all(m is not None for m in masks)
-        out, out_mask = None, None
-        for x, m in zip(xs, masks):
-            m = self._value_mask(m, x)
-            if m is not None:
-                x = np.where(m, x, 1)
-                if all_masked:
-                    out_mask = m if out_mask is None else np.logical_or(out_mask, m)
-            out = x if out is None else out * x
-        if all_masked:
-            out = np.where(out_mask, out, 0)
-        return out
+            factors, value_masks = xs, [None] * len(xs)
+        else:
+            factors, value_masks = [], []
+            for x, m in zip(xs, masks):
+                m = self._value_mask(m, x)
+                factors.append(x if m is None else np.where(m, x, x.dtype.type(1)))
+                value_masks.append(m)
+        out = factors[0]
+        for x in factors[1:]:
+            out = out * x
+        out_mask = None
+        if masks is not None and all(m is not None for m in value_masks):
+            out_mask = np.logical_or.reduce(np.broadcast_arrays(*value_masks))
+            out = np.where(out_mask, out, out.dtype.type(0))
+        return out, (factors, value_masks, out_mask)
+
+    def _merge_grads(self, n, saved, dy):
+        factors, value_masks, out_mask = saved
+        zero = dy.dtype.type(0)
+        if out_mask is not None:
+            dy = np.where(out_mask, dy, zero)
+        grads = []
+        for k, m in enumerate(value_masks):
+            g = dy
+            for j, f in enumerate(factors):
+                if j != k:
+                    g = g * f
+            grads.append(g if m is None else np.where(m, g, zero))
+        return grads
 
 
 class Concatenate(_Merge):

@@ -1,14 +1,26 @@
-"""Normalization layers (Keras 3 arguments; inference semantics).
+"""Normalization layers (Keras 3 arguments and semantics).
 
     BatchNormalization: y = (x - moving_mean) / sqrt(moving_variance + epsilon) * gamma + beta   (over `axis`)
     LayerNormalization: y = (x - mean) / sqrt(var + epsilon) * gamma + beta, mean/var over `axis` of each sample;
                         rms_scaling=True (Keras 3): y = x / sqrt(var + epsilon) * gamma
 Both pass the mask through unchanged.
+
+Training (Keras 3 `training=True`):
+    BatchNormalization (when trainable) normalizes with the batch statistics over every axis but `axis`; with
+    a mask (batch, steps): mean = sum(m x) / (sum(m) + 1e-7), var = sum(m (x - mean)^2) / (sum(m) + 1e-7) (masked
+    steps are still normalized); then moving = moving * momentum + batch_stat * (1 - momentum). The moving
+    statistics are non-trainable weights (`trainable_mask`), updated in `forward`.
+    Backward of y = u * inv * gamma + beta, u = x - mean (or x for rms_scaling), inv = (var + eps)^-1/2, with the
+    statistics functions of x (c = d mean / d x: 1/N, or m / (sum(m) + 1e-7)):
+        du = dy * gamma * inv;  dvar = -1/2 inv^3 sum(dy * gamma * u)
+        dxc = du [centered] + 2 c (x - mean) dvar;  dx = dxc - c sum(dxc) [+ du when not centered]
+        dgamma = sum(dy * u * inv), dbeta = sum(dy) over the axes the parameters do not span
 """
 import numpy as np
 
 from .. import initializers
 from .base import Layer, float_dtype
+from .core import add_grad
 
 
 def _axes(axis, ndim):
@@ -42,9 +54,54 @@ def _as_float(layer, x):
     return x.astype(float_dtype(x), copy=False)
 
 
+def _other_axes(axes, ndim):
+    return tuple(a for a in range(ndim) if a not in axes)
+
+
+def _moments(x, axes, weights=None, extra=0.0):
+    """Mean and biased variance over `axes` (kept as size-1 axes) and c = d mean / d x: plain (c = 1/N), or
+    weighted by 0/1 `weights` over a denominator sum(weights) + extra (Keras 3 masked moments)."""
+    axes = tuple(axes)
+    if weights is None:
+        mean = np.mean(x, axis=axes, keepdims=True)
+        xc = x - mean
+        coef = x.dtype.type(1.0 / np.prod([x.shape[a] for a in axes]))
+        return mean, np.mean(xc * xc, axis=axes, keepdims=True), xc, coef
+    coef = weights / (np.sum(weights, axis=axes, keepdims=True) + x.dtype.type(extra))
+    mean = np.sum(coef * x, axis=axes, keepdims=True)
+    xc = x - mean
+    return mean, np.sum(coef * xc * xc, axis=axes, keepdims=True), xc, coef
+
+
+def _normalized_backward(dy, ctx):
+    """d x of y = u * inv * gamma + beta (module docstring); ctx from the layer's forward."""
+    dxhat = dy if ctx["gamma"] is None else dy * ctx["gamma"]
+    du = dxhat * ctx["inv"]
+    if not ctx["batch_stats"]:
+        return du
+    axes, u, xc, coef, inv = ctx["axes"], ctx["u"], ctx["xc"], ctx["coef"], ctx["inv"]
+    dvar = dy.dtype.type(-0.5) * np.sum(dxhat * u, axis=axes, keepdims=True) * inv * inv * inv
+    dxc = (2 * coef * dvar) * xc
+    if ctx["centered"]:
+        dxc = dxc + du
+    dx = dxc - np.sum(dxc, axis=axes, keepdims=True) * coef
+    return dx if ctx["centered"] else dx + du
+
+
+def _param_grads(layer, ctx, dy, slots):
+    """Add d gamma = sum(dy u inv), d beta = sum(dy) over the axes the parameters do not span."""
+    over = _other_axes(ctx["param_axes"], dy.ndim)
+    k_gamma, k_beta = slots
+    if k_gamma is not None:
+        add_grad(layer, k_gamma, np.sum(dy * ctx["u"] * ctx["inv"], axis=over).reshape(layer.grads[k_gamma].shape))
+    if k_beta is not None:
+        add_grad(layer, k_beta, np.sum(dy, axis=over).reshape(layer.grads[k_beta].shape))
+
+
 class BatchNormalization(Layer):
-    """Batch normalization with the moving statistics (inference). Weights (Keras order):
-    gamma (if scale), beta (if center), moving_mean, moving_variance; each of shape (channels,)."""
+    """Batch normalization: the moving statistics at inference, the batch statistics in training (module
+    docstring). Weights (Keras order): gamma (if scale), beta (if center), moving_mean, moving_variance (the last
+    two non-trainable); each of shape (channels,)."""
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
@@ -109,6 +166,55 @@ class BatchNormalization(Layer):
             shift = shift + beta
         return (x * _broadcast(inv, x.ndim, axes) + _broadcast(shift, x.ndim, axes)).astype(dt, copy=False)
 
+    def _slots(self):
+        """Indices of (gamma, beta, moving_mean, moving_variance) in the weights (None: absent)."""
+        k_gamma = 0 if self.scale else None
+        k_beta = int(self.scale) if self.center else None
+        k = int(self.scale) + int(self.center)
+        return k_gamma, k_beta, k, k + 1
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        """Training pass (batch statistics when training and trainable, as Keras 3): (output, ctx)."""
+        x = _as_float(self, inputs)
+        dt = x.dtype
+        param_axes = _axes(self.axis, x.ndim)
+        axes = _other_axes(param_axes, x.ndim)
+        k_gamma, k_beta, k_mean, k_var = self._slots()
+
+        def param(k):
+            return None if k is None else _broadcast(self._weights[k].astype(dt, copy=False), x.ndim, param_axes)
+        gamma, beta = param(k_gamma), param(k_beta)
+        batch_stats = bool(training and self.trainable)
+        if batch_stats:
+            weights = None
+            if mask is not None:
+                m = np.asarray(mask, bool)
+                if m.ndim != x.ndim - 1:
+                    raise ValueError(f"layer {self.name!r} (BatchNormalization): the mask must have one dimension "
+                                     f"less than the inputs, got mask shape {m.shape}, input shape {x.shape}")
+                weights = np.broadcast_to(m[..., None], x.shape).astype(dt)
+            mean, var, xc, coef = _moments(x, axes, weights, extra=1e-7)
+            mom = self.momentum
+            for k, stat in ((k_mean, mean), (k_var, var)):
+                w = self._weights[k]
+                new = w.astype(dt, copy=False) * dt.type(mom) + stat.reshape(w.shape) * dt.type(1.0 - mom)
+                np.copyto(w, new, casting="unsafe")
+        else:
+            mean, var = param(k_mean), param(k_var)
+            xc, coef = x - mean, None
+        inv = 1.0 / np.sqrt(var + dt.type(self.epsilon))
+        y = xc * (inv if gamma is None else inv * gamma)
+        if beta is not None:
+            y = y + beta
+        return y.astype(dt, copy=False), {"axes": axes, "param_axes": param_axes, "u": xc, "xc": xc, "inv": inv,
+                                          "coef": coef, "gamma": gamma, "centered": True,
+                                          "batch_stats": batch_stats}
+
+    def backward(self, ctx, dy):
+        """d inputs; adds d gamma, d beta (the moving statistics get no gradient)."""
+        _param_grads(self, ctx, dy, self._slots()[:2])
+        return _normalized_backward(dy, ctx)
+
     def get_config(self):
         cfg = super().get_config()
         cfg.update(axis=self.axis, momentum=self.momentum, epsilon=self.epsilon, center=self.center,
@@ -167,6 +273,31 @@ class LayerNormalization(Layer):
         if self.center:
             shift = shift + ws[k]
         return (x * inv + shift).astype(dt, copy=False)
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        """Training pass: (output, ctx)."""
+        x = _as_float(self, inputs)
+        dt = x.dtype
+        axes = tuple(_axes(self.axis, x.ndim))
+        ws = [_broadcast(w.astype(dt, copy=False), x.ndim, axes) for w in self._weights]
+        _, var, xc, coef = _moments(x, axes)
+        inv = 1.0 / np.sqrt(var + dt.type(self.epsilon))
+        gamma = ws[0] if (self.scale or self.rms_scaling) else None
+        beta = ws[-1] if (self.center and not self.rms_scaling) else None
+        u = x if self.rms_scaling else xc
+        y = u * (inv if gamma is None else inv * gamma)
+        if beta is not None:
+            y = y + beta
+        return y.astype(dt, copy=False), {"axes": axes, "param_axes": axes, "u": u, "xc": xc, "inv": inv,
+                                          "coef": coef, "gamma": gamma, "centered": not self.rms_scaling,
+                                          "batch_stats": True}
+
+    def backward(self, ctx, dy):
+        """d inputs; adds d gamma, d beta."""
+        has_gamma = self.scale or self.rms_scaling
+        has_beta = self.center and not self.rms_scaling
+        _param_grads(self, ctx, dy, (0 if has_gamma else None, int(has_gamma) if has_beta else None))
+        return _normalized_backward(dy, ctx)
 
     def get_config(self):
         cfg = super().get_config()

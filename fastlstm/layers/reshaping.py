@@ -1,10 +1,13 @@
 """Reshaping layers: RepeatVector, Flatten, Reshape, Permute, ZeroPadding1D, Cropping1D, UpSampling1D.
 
 Keras does not propagate masks through any of them (the output has no mask).
+
+Training: each moves values around without arithmetic, so `backward` moves the output gradient back
+(RepeatVector and UpSampling1D sum the copies, Cropping1D pads the cropped steps with zeros).
 """
 import numpy as np
 
-from .base import Layer
+from .base import Layer, float_dtype
 
 
 def _arr(layer, x):
@@ -19,6 +22,15 @@ class _NoMask(Layer):
 
     def compute_mask(self, inputs, mask=None):
         return None
+
+    def forward(self, inputs, mask=None, training=False, **kwargs):
+        """Training pass: (output, ctx = the input shape)."""
+        x = _arr(self, inputs)
+        x = x.astype(float_dtype(x), copy=False)
+        return self.call(x), {"shape": x.shape}
+
+    def backward(self, ctx, dy):
+        return self._input_grad(np.asarray(dy), ctx["shape"])
 
 
 class RepeatVector(_NoMask):
@@ -37,6 +49,9 @@ class RepeatVector(_NoMask):
             raise ValueError(f"layer {self.name!r} (RepeatVector) expects input of shape (batch, features), "
                              f"got {x.shape}")
         return np.repeat(x[:, None, :], self.n, axis=1)
+
+    def _input_grad(self, dy, shape):
+        return dy.sum(axis=1)
 
     def get_config(self):
         cfg = super().get_config()
@@ -61,6 +76,12 @@ class Flatten(_NoMask):
         if self.data_format == "channels_first" and x.ndim > 2:
             x = np.moveaxis(x, 1, -1)
         return x.reshape(x.shape[0], -1)
+
+    def _input_grad(self, dy, shape):
+        if self.data_format == "channels_first" and len(shape) > 2:
+            moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+            return np.moveaxis(dy.reshape(moved), -1, 1)
+        return dy.reshape(shape)
 
     def get_config(self):
         cfg = super().get_config()
@@ -96,6 +117,9 @@ class Reshape(_NoMask):
             raise ValueError(f"layer {self.name!r} (Reshape): cannot reshape input of shape {x.shape} to "
                              f"(batch,) + {self.target_shape}") from None
 
+    def _input_grad(self, dy, shape):
+        return dy.reshape(shape)
+
     def get_config(self):
         cfg = super().get_config()
         cfg["target_shape"] = list(self.target_shape)
@@ -121,6 +145,9 @@ class Permute(_NoMask):
             raise ValueError(f"layer {self.name!r} (Permute) expects input of rank {len(self.dims) + 1}, "
                              f"got shape {x.shape}")
         return np.ascontiguousarray(np.transpose(x, (0,) + self.dims))
+
+    def _input_grad(self, dy, shape):
+        return np.ascontiguousarray(np.transpose(dy, np.argsort((0,) + self.dims)))
 
     def get_config(self):
         cfg = super().get_config()
@@ -157,6 +184,10 @@ class ZeroPadding1D(_NoMask):
         pad[self._axis()] = self.padding
         return np.pad(x, pad)
 
+    def _input_grad(self, dy, shape):
+        a = self._axis()
+        return np.take(dy, np.arange(self.padding[0], self.padding[0] + shape[a]), axis=a)
+
 
 class Cropping1D(_NoMask):
     """Removes steps from the start and end: cropping = (start, end)."""
@@ -174,6 +205,11 @@ class Cropping1D(_NoMask):
         a, b = self.cropping
         return x[:, a:x.shape[1] - b]
 
+    def _input_grad(self, dy, shape):
+        dx = np.zeros(shape, dy.dtype)
+        dx[:, self.cropping[0]:shape[1] - self.cropping[1]] = dy
+        return dx
+
 
 class UpSampling1D(_NoMask):
     """Repeats each step `size` times."""
@@ -188,6 +224,9 @@ class UpSampling1D(_NoMask):
 
     def call(self, inputs, mask=None, training=False):
         return np.repeat(_arr(self, inputs), self.size, axis=1)
+
+    def _input_grad(self, dy, shape):
+        return dy.reshape((shape[0], shape[1], self.size) + tuple(shape[2:])).sum(axis=2)
 
 
 __all__ = ["RepeatVector", "Flatten", "Reshape", "Permute", "ZeroPadding1D", "Cropping1D", "UpSampling1D"]

@@ -35,6 +35,13 @@ def leaf_layers(layer):
     return [layer] if layer.weights else []
 
 
+def weight_trainable(leaf):
+    """Per weight of a leaf layer: whether the optimizer updates it (not BatchNormalization's moving statistics,
+    which its forward updates; Keras lists them in get_weights but not in trainable_weights)."""
+    flags = getattr(leaf, "trainable_mask", None)
+    return [True] * len(leaf._weights) if flags is None else list(flags)
+
+
 class Trainer:
     """What `model.compile` sets up: optimizer, losses, metrics; runs training and evaluation steps."""
 
@@ -88,7 +95,8 @@ class Trainer:
             for leaf in leaf_layers(lyr):
                 if id(leaf) not in seen:
                     seen.add(id(leaf))
-                    self.leaves.append((leaf, bool(lyr.trainable and leaf.trainable)))
+                    self.leaves.append((leaf, bool(lyr.trainable and leaf.trainable
+                                                   and any(weight_trainable(leaf)))))
         # outputs scored from logits: the node index producing them
         self.logit_node = []
         node_index = {id(n): k for k, n in enumerate(m._nodes)}
@@ -110,13 +118,14 @@ class Trainer:
         self._ready = True
 
     def _tensors_needing_grad(self):
-        """Ids of tensors whose gradient reaches a trainable weight (others need no backward)."""
+        """Ids of tensors whose gradient reaches a trainable weight (others need no backward). Boolean tensors
+        (masks, such as Keras 3's ZerosLike/LogicalOr ops of a masked merge reading a float tensor) carry none."""
         trainable = {id(leaf) for leaf, tr in self.leaves if tr}
         need = set()
         for node in self.model._nodes:
             has_w = any(id(leaf) in trainable for leaf in leaf_layers(node.layer))
             if has_w or any(t.id in need for t in node.tensor_args()):
-                need.update(t.id for t in node.outputs)
+                need.update(t.id for t in node.outputs if t.dtype.kind == "f")
         return need
 
     def _ensure_grads(self):
@@ -265,8 +274,9 @@ class Trainer:
         ws, gs = [], []
         for leaf, trainable in self.leaves:
             if trainable:
-                ws.extend(leaf._weights)
-                gs.extend(leaf.grads)
+                flags = weight_trainable(leaf)
+                ws.extend(w for w, t in zip(leaf._weights, flags) if t)
+                gs.extend(g for g, t in zip(leaf.grads, flags) if t)
         return ws, gs
 
     def train_step(self, xs, ys, rng, sample_weight=None):
