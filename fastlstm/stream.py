@@ -9,8 +9,8 @@ A session owns all its buffers (states, kernel workspaces) and only reads the mo
 sessions can run on one model from many threads at once (the kernels release the GIL). One session must not be
 stepped from two threads at the same time. The plan is made once per session: per step there is no graph walk
 and no validation beyond a shape/dtype check; the recurrent kernels are called directly on preallocated
-buffers, the states ping-pong between two buffers. At batch 1 (float32, Cython backend) an LSTM or GRU layer
-steps through a stepper instead (lstm_cy.LSTMStepper, gru_cy.GRUStepper): its weights are packed once per layer
+buffers, the states ping-pong between two buffers. At batch 1 (float32, Cython or Numba backend) an LSTM or GRU
+layer steps through a stepper instead (lstm_cy.LSTMStepper, gru_cy.GRUStepper; step_numba's twins): its weights are packed once per layer
 (shared by every session on it, repacked when the weights change) so that a step is one sequential pass over
 them, and the step updates the session's state arrays in place. A batch-1 chain of [Embedding ->] recurrent /
 Dense layers (a text model scoring or generating token by token) runs a chunk in one compiled call
@@ -58,15 +58,16 @@ class _RecurrentStep:
         self.stepper = self._make_stepper()
 
     def _make_stepper(self):
-        """A batch-1 LSTM/GRU stepper over packed weights (Cython backend, float32), else None. It works on
-        self.states in place, so with a stepper the states never swap with the spares."""
+        """A batch-1 LSTM/GRU stepper over packed weights (Cython or Numba backend, float32), else None. It works
+        on self.states in place, so with a stepper the states never swap with the spares."""
         if not (self.kind in ("lstm", "gru") and self.B == 1 and self.dtype == np.float32):
             return None
         backend = get_backend()
         if not hasattr(backend, "Packed64"):
             return None
         lyr, p, H = self.layer, self.params, self.H
-        packed = lyr._cast.get("stream_packed")        # shared by every session on this layer
+        key = ("stream_packed", backend.name)          # shared by every session on this layer and backend
+        packed = lyr._cast.get(key)
         if packed is None:
             try:
                 if self.kind == "lstm":
@@ -78,7 +79,7 @@ class _RecurrentStep:
                               backend.Packed64(np.ascontiguousarray(p["w_h"][:, 2 * H:])))
             except RuntimeError:            # a build without AVX2/FMA: the general kernels
                 return None
-            lyr._cast["stream_packed"] = packed
+            lyr._cast[key] = packed
         if self.kind == "lstm":
             return backend.LSTMStepper(packed[0], p["b"], p["p"], p["act_codes"], p["act_ab"], 0.0, False,
                                        self.states[0], self.states[1])

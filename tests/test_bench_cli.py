@@ -80,7 +80,8 @@ def test_broken_kernel_fails_verification_and_is_not_timed(tmp_path, monkeypatch
 
 def test_broken_kernel_fails_model_workload(tmp_path, monkeypatch):
     """A model-level workload (one streaming step) checks the backend before timing it too."""
-    k = _kernels.get_backend("numba")           # no packed stepper: the session calls lstm_forward
+    k = _kernels.get_backend("numba")
+    monkeypatch.delattr(k, "Packed64", raising=False)       # no packed stepper: the session calls lstm_forward
     real = k.lstm_forward
 
     def wrong_forward(*args):

@@ -369,7 +369,7 @@ def _has_chain():
 
 def test_cython_backend_has_chain_stepper():
     """The chain step ships with the other steppers: a build that lost it must not fall back silently."""
-    if hasattr(fastlstm.get_backend(), "Packed64"):
+    if fastlstm.get_backend().name == "cython":
         assert _has_chain()
 
 
@@ -607,7 +607,219 @@ def test_compiled_chain_used_for_demo_model():
     scores = [s.step(ids[:, t:t + 1]) for t in range(ids.shape[1])]
     npt.assert_allclose(scores[-1], m.predict(ids), **TOL32)
     npt.assert_allclose(scores[len(scores) // 2], m.predict(ids[:, :len(scores) // 2 + 1]), **TOL32)
-    if hasattr(fastlstm.get_backend(), "Packed64"):        # the Cython backend
+    if fastlstm.get_backend().name == "cython":
         assert type(s._compiled).__name__ == "ChainStepper"
         assert s.step == s._compiled.step
         assert (s._compiled.n_compiled, s._compiled.n_fallback) == (ids.shape[1], 0)
+
+
+# ---- the Numba backend's batch-1 steppers (step_numba.LSTMStepper / GRUStepper) ------------------------------
+_KINKED = {2, 4, 6, 15, 16}          # relu, hard_sigmoid, thresholded_relu, relu6, hard_silu (acts.py codes)
+
+
+def _act_tol(opts):
+    """float32 tolerance against the reference: another summation order may land on the other side of a kink, and
+    an unbounded gate activation (e.g. a linear forget gate) amplifies every rounding difference over the steps."""
+    specs = opts.get("act_specs")
+    if not specs:
+        return dict(rtol=1e-4, atol=1e-5)
+    return dict(rtol=3e-3, atol=1e-3) if any(s[0] in _KINKED for s in specs) else dict(rtol=1e-3, atol=1e-4)
+
+
+def _act_scale(opts):
+    """Weight scale: small enough that an exponential candidate activation does not overflow within the steps."""
+    return 0.05 if any(s[0] == 14 for s in opts.get("act_specs", [])) else 0.2
+
+
+def _numba_steppers():
+    pytest.importorskip("numba")
+    from fastlstm._kernels import step_numba
+    if not step_numba.AVAILABLE:
+        pytest.skip("NUMBA_DISABLE_JIT is set: the Numba backend has no steppers")
+    return step_numba
+
+
+def _act_cases(n_acts):
+    """act_specs covering every activation code (acts.py) in the candidate / cell-output slots (slot 1, and 2 for
+    LSTM), with the defaults elsewhere, plus hard_sigmoid as the gate activation (slot 0). (An unbounded gate
+    activation makes the recurrence blow up within a few steps, in every backend: nothing left to compare.)"""
+    from fastlstm._kernels import acts
+    default = [(acts.SIGMOID, 0.0, 0.0), (acts.TANH, 0.0, 0.0), (acts.TANH, 0.0, 0.0)][:n_acts]
+    ab = {acts.HARD_SIGMOID: (0.2, 0.5), acts.LEAKY_RELU: (0.1, 0.0), acts.THRESHOLDED_RELU: (0.3, 0.0),
+          acts.SCALED_TANH: (0.8, 1.3), acts.AFFINE: (0.5, 0.1), acts.ELU: (1.0, 0.0)}
+    cases = [[(acts.HARD_SIGMOID, 0.2, 0.5)] + default[1:]]
+    for code in range(acts.N_CODES):
+        slot = 1 + code % (n_acts - 1)
+        cases.append(default[:slot] + [(code,) + ab.get(code, (0.0, 0.0))] + default[slot + 1:])
+    return cases
+
+
+@pytest.mark.parametrize("I, H", [(3, 5), (70, 66), (128, 128)])
+@pytest.mark.parametrize("opts", [dict(), dict(peepholes=True), dict(clip=0.7), dict(input_forget=True),
+                                  dict(peepholes=True, clip=0.7, input_forget=True)]
+                         + [dict(act_specs=s) for s in _act_cases(3)], ids=str)
+def test_numba_lstm_stepper_against_reference(I, H, opts):
+    step_numba = _numba_steppers()
+    from fastlstm._kernels import lstm_ref
+    from fastlstm._kernels.args import lstm_args
+    tol = _act_tol(opts)
+    T = 12
+    a = lstm_args(T, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
+    h, c = a["h0"].copy(), a["c0"].copy()
+    lstm_ref.lstm_forward(*a.values())
+    assert np.isfinite(a["y_out"]).all()                 # something to compare
+    packed = step_numba.Packed64(np.ascontiguousarray(np.concatenate([a["w_x"], a["w_h"]])))
+    st = step_numba.LSTMStepper(packed, a["b"], a["p"], a["act_codes"], a["act_ab"], a["clip"], a["input_forget"],
+                                h, c)
+    assert (st.n_in, st.units) == (I, H)
+    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
+    ys = [st.step(np.ascontiguousarray(x[:, :1]), True), st.step(np.ascontiguousarray(x[:, 1:5]), True)]
+    last = st.step(np.ascontiguousarray(x[:, 5:9]), False)
+    y_rest = np.zeros((T - 9, 1, H), np.float32)
+    st.run(np.ascontiguousarray(a["x"][9:]), y_rest)
+    assert ys[1].shape == (1, 4, H) and last.shape == (1, H)
+    got = np.concatenate([ys[0][0], ys[1][0], y_rest[:, 0]])
+    npt.assert_allclose(got, np.delete(a["y_out"][:, 0], np.s_[5:9], axis=0), **tol)
+    npt.assert_allclose(last, a["y_out"][8], **tol)
+    npt.assert_allclose(h, a["hT_out"], **tol)        # the caller's state arrays, updated in place
+    npt.assert_allclose(c, a["cT_out"], **tol)
+    # anything but a float32 C-contiguous (1, k, I) array is handed back to the caller, the state untouched
+    for bad in (x.astype(np.float64), x[:, ::2], np.zeros((1, 0, I), np.float32), x[:, :, :-1].copy(),
+                np.zeros((2, 1, I), np.float32), x[0], x.tolist(), np.asfortranarray(np.zeros((1, 2, I), np.float32))):
+        assert st.step(bad, False) is None
+    npt.assert_allclose(h, a["hT_out"], **tol)
+    with pytest.raises(ValueError, match="expected x"):
+        st.run(np.zeros((2, 1, I + 1), np.float32), np.zeros((2, 1, H), np.float32))
+    with pytest.raises(ValueError, match="expected x"):
+        st.run(np.zeros((2, 1, I)), np.zeros((2, 1, H), np.float32))
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        step_numba.LSTMStepper(packed, a["b"][:-1], a["p"], a["act_codes"], a["act_ab"], 0.0, False, h, c)
+
+
+@pytest.mark.parametrize("I, H", [(3, 5), (70, 66), (128, 128)])
+@pytest.mark.parametrize("opts", [dict(), dict(reset_after=False), dict(clip=0.6), dict(reset_after=False, clip=0.6)]
+                         + [dict(act_specs=s, reset_after=ra) for s in _act_cases(2) for ra in (True, False)], ids=str)
+def test_numba_gru_stepper_against_reference(I, H, opts):
+    step_numba = _numba_steppers()
+    from fastlstm._kernels import gru_ref
+    from fastlstm._kernels.args import gru_args
+    tol = _act_tol(opts)
+    T = 10
+    a = gru_args(T, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
+    h = a["h0"].copy()
+    gru_ref.gru_forward(*a.values())
+    assert np.isfinite(a["y_out"]).all()                 # something to compare
+    w_h = a["w_h"]
+    if a["reset_after"]:
+        packed = (step_numba.Packed64(a["w_x"]), step_numba.Packed64(w_h), None)
+    else:
+        packed = (step_numba.Packed64(a["w_x"]), step_numba.Packed64(np.ascontiguousarray(w_h[:, :2 * H])),
+                  step_numba.Packed64(np.ascontiguousarray(w_h[:, 2 * H:])))
+    st = step_numba.GRUStepper(*packed, a["b_x"], a["b_h"], a["act_codes"], a["act_ab"], a["clip"], a["reset_after"],
+                               h)
+    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
+    y_head = st.step(np.ascontiguousarray(x[:, :4]), True)
+    last = st.step(np.ascontiguousarray(x[:, 4:7]), False)
+    y_rest = np.zeros((T - 7, 1, H), np.float32)
+    st.run(np.ascontiguousarray(a["x"][7:]), y_rest)
+    npt.assert_allclose(y_head[0], a["y_out"][:4, 0], **tol)
+    npt.assert_allclose(last, a["y_out"][6], **tol)
+    npt.assert_allclose(y_rest[:, 0], a["y_out"][7:, 0], **tol)
+    npt.assert_allclose(h, a["hT_out"], **tol)
+    assert st.step(x.astype(np.float64), False) is None
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        step_numba.GRUStepper(*packed, a["b_x"][:-1], a["b_h"], a["act_codes"], a["act_ab"], 0.0, a["reset_after"],
+                              h)
+
+
+@pytest.fixture
+def numba_backend(monkeypatch):
+    """The Numba backend for one test; its general recurrent kernels raise while `forbid` is set, so a test
+    fails if a session falls back to them instead of the stepper."""
+    _numba_steppers()
+    fastlstm.set_backend("numba")
+    ns = fastlstm.get_backend()
+    kernels = {"lstm_forward": ns.lstm_forward, "gru_forward": ns.gru_forward}
+    flag = {"forbid": False}
+
+    def guarded(name):
+        def kern(*args):
+            if flag["forbid"]:
+                raise AssertionError(f"the session fell back to numba {name} instead of the stepper")
+            return kernels[name](*args)
+        return kern
+
+    for name in kernels:
+        monkeypatch.setattr(ns, name, guarded(name))
+    yield flag
+    fastlstm.set_backend(fastlstm.config.BACKEND)
+
+
+@pytest.mark.parametrize("kind", sorted(RNN_KINDS))
+@pytest.mark.parametrize("seq", [False, True])
+def test_numba_session_steps_through_stepper(rng, numba_backend, kind, seq):
+    from fastlstm._kernels import step_numba
+    m = fastlstm.Sequential([fastlstm.Input((None, 6)), RNN_KINDS[kind](20, seq)])
+    x = rng.normal(size=(1, 9, 6)).astype(np.float32)
+    m.predict(x)
+    m.set_weights([0.5 * rng.normal(size=w.shape).astype(np.float32) for w in m.get_weights()])   # biases too
+    full = m.predict(x)
+    prefixes = [m.predict(x[:, :t]) for t in range(1, 10)]
+    s = m.stream()
+    r = s._rnn[0][1]
+    assert isinstance(r.stepper, step_numba.LSTMStepper if kind == "lstm" else step_numba.GRUStepper)
+    numba_backend["forbid"] = True
+    outs = stream_all(s, x, [1, 3, 1, 4])
+    outs += stream_all(s, np.concatenate([x, x.astype(np.float64)], 1)[:, 9:], [2, 7])     # converted input
+    if seq:
+        npt.assert_allclose(np.concatenate(outs[:4], 1), full, **TOL32)
+    else:
+        for t, o in zip([1, 4, 5, 9], outs):
+            npt.assert_allclose(o, prefixes[t - 1], **TOL32)
+    numba_backend["forbid"] = False
+    twice = m.predict(np.concatenate([x, x], 1))
+    npt.assert_allclose(outs[-1] if not seq else np.concatenate(outs, 1), twice if not seq else twice, **TOL32)
+
+
+def test_numba_session_sees_weight_changes_between_steps(rng, numba_backend):
+    from fastlstm._kernels import step_numba
+    m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(4)])
+    g = fastlstm.Sequential([fastlstm.Input((None, 3)), L.GRU(5, reset_after=False)])
+    x = rng.normal(size=(1, 1, 3)).astype(np.float32)
+    for model in (m, g):
+        s = model.stream()
+        s.step(x)
+        first = s._rnn[0][1].stepper
+        for scale in (0.5, -1.5):      # twice: the session's step is bound again after each repack
+            model.set_weights([w * scale for w in model.get_weights()])
+            s.reset()
+            want1, want2 = model.predict(x), model.predict(np.concatenate([x, x], 1))
+            numba_backend["forbid"] = True
+            npt.assert_allclose(s.step(x), want1, **TOL32)
+            npt.assert_allclose(s.step(x.astype(np.float64)), want2, **TOL32)
+            numba_backend["forbid"] = False
+        assert s._rnn[0][1].stepper is not first
+        assert isinstance(s._rnn[0][1].stepper, (step_numba.LSTMStepper, step_numba.GRUStepper))
+
+
+def test_numba_chain_and_masked_stream(rng, numba_backend):
+    """Batch-1 chains run the Numba steppers through the chain closure; masked chunks take the general kernel
+    on the same state arrays."""
+    m = fastlstm.Sequential([L.Embedding(30, 8), L.LSTM(12, return_sequences=True), L.Dropout(0.3),
+                             L.GRU(7, return_sequences=True), L.Dense(4, activation="softmax")])
+    x = rng.integers(1, 30, size=(1, 9))
+    m.predict(x)
+    m.set_weights([0.4 * rng.normal(size=w.shape).astype(np.float32) for w in m.get_weights()])
+    s = m.stream()
+    assert s._chain is not None and s._compiled is None           # no compiled chain on this backend
+    assert all(r.stepper is not None for _, r in s._rnn)
+    want = m.predict(x)
+    numba_backend["forbid"] = True
+    npt.assert_allclose(np.concatenate(stream_all(s, x, [1, 3, 5]), 1), want, **TOL32)
+    numba_backend["forbid"] = False
+    mm = fastlstm.Sequential([L.Embedding(25, 6, mask_zero=True), L.LSTM(70, return_sequences=True), L.GRU(9)])
+    xm = rng.integers(1, 25, size=(1, 11))
+    xm[0, 3:5] = 0
+    mm.predict(xm)
+    check_against_predict(mm, xm)
+    check_against_predict(mm, xm, chunks=[4, 1, 6])

@@ -3,8 +3,8 @@
     lstm_forward, lstm_backward      (contract: lstm_ref.py)
     gru_forward,  gru_backward       (contract: gru_ref.py)
 
-`get_backend(name)` returns a namespace with those four (the cython one also has LSTMStepper, GRUStepper and Packed64,
-batch-1 streaming steps over packed weights, and ChainStepper, compiled batch-1 chain steps). "auto" picks cython
+`get_backend(name)` returns a namespace with those four (cython and numba also have LSTMStepper, GRUStepper and
+Packed64, batch-1 streaming steps over packed weights; cython also ChainStepper, compiled batch-1 chain steps). "auto" picks cython
 when the extension is built, else numba; a backend asked for by name that is not available raises ImportError.
 """
 import importlib
@@ -60,6 +60,12 @@ def get_backend(name="auto"):
         _cache[name] = types.SimpleNamespace(
             name=name, lstm_forward=lstm_mod.lstm_forward, lstm_backward=lstm_mod.lstm_backward,
             gru_forward=gru_mod.gru_forward, gru_backward=gru_mod.gru_backward)
+        if name == "numba":      # batch-1 streaming steps over packed weights (stream.py), when jitted
+            from . import step_numba
+            if step_numba.AVAILABLE:
+                _cache[name].LSTMStepper = step_numba.LSTMStepper
+                _cache[name].GRUStepper = step_numba.GRUStepper
+                _cache[name].Packed64 = step_numba.Packed64
         if name == "cython":     # batch-1 streaming steps over packed weights (stream.py)
             from . import _blas
             _cache[name].LSTMStepper = lstm_mod.LSTMStepper
