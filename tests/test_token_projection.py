@@ -157,3 +157,53 @@ def test_fit_with_projection_matches_fit_without(project):
         weights.append(m.get_weights())
     for a, b in zip(*weights):
         npt.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_keeps_the_token_table_once_it_pays(monkeypatch):
+    """After a layer has projected as many positions as the vocabulary has ids, predict gathers rows of the whole
+    table[V] @ w_x: same outputs; the table follows weight changes of the Embedding (set_weights, fit) and of the
+    layer itself; over the byte budget it is never built."""
+    V = 40
+    fastlstm.set_random_seed(0)
+    m = fastlstm.Sequential([L.Embedding(V, 8), L.LSTM(6), L.Dense(1, activation="sigmoid")])
+    m.build((None, None))
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, V, (3, 12))                    # 36 positions per predict
+    lstm = m.layers[1]
+    monkeypatch.setattr(recurrent, "PROJECT_MIN_WORK_PER_VOCAB", 0)
+
+    def gathered():
+        saved = dict(recurrent.PROJECT_MAX_DISTINCT)
+        monkeypatch.setitem(recurrent.PROJECT_MAX_DISTINCT, "predict", -1.0)
+        monkeypatch.setattr(recurrent, "TOKEN_TABLE_MAX_BYTES", 0)
+        try:
+            return m.predict(x)
+        finally:
+            recurrent.PROJECT_MAX_DISTINCT.update(saved)
+            monkeypatch.setattr(recurrent, "TOKEN_TABLE_MAX_BYTES", 64 << 20)
+
+    first = m.predict(x)
+    assert "token_table" not in lstm._cast               # 36 < 40 positions seen
+    second = m.predict(x)
+    assert "token_table" in lstm._cast
+    npt.assert_allclose(first, gathered(), rtol=1e-5, atol=1e-6)
+    npt.assert_allclose(second, gathered(), rtol=1e-5, atol=1e-6)
+    # a new embedding table: the kept projection must not be used
+    emb = m.layers[0]
+    emb.set_weights([emb.get_weights()[0] * 2.0])
+    npt.assert_allclose(m.predict(x), gathered(), rtol=1e-5, atol=1e-6)
+    # fit changes both layers in place
+    m.compile(optimizer="sgd", loss="binary_crossentropy")
+    m.fit(x, np.ones((3, 1), np.float32), epochs=2, verbose=0)
+    for _ in range(3):
+        got = m.predict(x)
+    npt.assert_allclose(got, gathered(), rtol=1e-5, atol=1e-6)
+    # the embedding array replaced behind the layer's back (no _weights_changed): still seen
+    emb._weights = [np.ascontiguousarray(emb._weights[0][::-1])]
+    npt.assert_allclose(m.predict(x), gathered(), rtol=1e-5, atol=1e-6)
+    # over the budget: never built
+    monkeypatch.setattr(recurrent, "TOKEN_TABLE_MAX_BYTES", 10)
+    lstm._weights_changed()
+    for _ in range(3):
+        m.predict(x)
+    assert "token_table" not in lstm._cast

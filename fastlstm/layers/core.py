@@ -94,6 +94,10 @@ class Embedding(Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
 
+    def _weights_changed(self):
+        # a version for what recurrent layers derive from the table (RNN._token_table)
+        self._version = getattr(self, "_version", 0) + 1
+
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None

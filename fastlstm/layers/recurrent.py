@@ -26,6 +26,10 @@ PROJECT_MAX_DISTINCT = {"train": 0.75, "predict": 0.5}
 # as much as a sweep over the vocabulary: a one-review predict of a small model (the demo's 200 words,
 # Embedding(10000, 32) -> LSTM(32)) is faster without (measured 27 us for the pass, about as much as it saves)
 PROJECT_MIN_WORK_PER_VOCAB = 150
+# Inference only: once a layer has projected as many token positions as the vocabulary has ids, it keeps the whole
+# table[V] @ w_x (at most this many bytes) until its or the Embedding's weights change; predict then only gathers
+# rows (no distinct-id pass, no input GEMM). Built after that much work, it costs at most what it already saved.
+TOKEN_TABLE_MAX_BYTES = 64 << 20
 
 
 def _check_rank3(layer, x):
@@ -170,6 +174,10 @@ class RNN(Layer):
                 or rows.shape[2] != self.input_dim:
             return None
         B, T, E = rows.shape
+        if not training:
+            table = self._token_table(rows)
+            if table is not None:
+                return np.take(table, rows.ids.T, axis=0, out=z_out, mode="clip"), None
         if B * T * E * self.gates * self.units < PROJECT_MIN_WORK_PER_VOCAB * rows.layer.input_dim:
             return None
         uids, inv_tm = rows.unique()
@@ -181,6 +189,28 @@ class RNN(Layer):
         # (mode='clip': inv_tm is in range by construction, and NumPy buffers `out` in the default mode: 5x slower)
         z = np.take(table, inv_tm, axis=0, out=z_out, mode="clip")
         return z, e_u
+
+    def _token_table(self, rows):
+        """Inference: the whole table[V] @ w_x (V, G) for these rows' Embedding, built once this layer has seen
+        V token positions (counted here) and kept in the weight cache (`_cast`, cleared when this layer's weights
+        change; the Embedding's weight version is checked); None before that or over TOKEN_TABLE_MAX_BYTES."""
+        emb, dtype = rows.layer, np.dtype(rows.dtype)
+        V = emb.input_dim
+        if V * self.gates * self.units * dtype.itemsize > TOKEN_TABLE_MAX_BYTES:
+            return None
+        # (the table array itself in the key: a replaced array is seen even without _weights_changed)
+        key = (emb, getattr(emb, "_version", 0), emb._weights[0], dtype)
+        entry = self._cast.get("token_table")
+        if entry is not None and entry[0][0] is emb and entry[0][2] is key[2] and entry[0][1] == key[1] \
+                and entry[0][3] == dtype:
+            return entry[1]
+        seen = self._cast.get("token_positions", 0) + rows.ids.size
+        self._cast["token_positions"] = seen
+        if seen < V:
+            return None
+        table = np.ascontiguousarray(emb._weights[0], dtype=dtype) @ self._params(dtype)["w_x"]
+        self._cast["token_table"] = (key, table)
+        return table
 
     def _batch_first_input(self, inputs):
         """The input as a float array (batch, timesteps, features) (time_major swapped), checked."""
