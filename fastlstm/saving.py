@@ -25,18 +25,22 @@ import zipfile
 import numpy as np
 
 from .layers.base import SymbolicTensor, _flatten
+from .layers.conv import Conv1D, _GlobalPooling1D, _Pooling1D
 from .layers.core import (Activation, ActivityRegularization, Dense, Dropout, Embedding, GaussianDropout,
                           GaussianNoise, InputLayer, Masking, SpatialDropout1D, TimeDistributed)
 from .layers.merging import Concatenate, _Merge
+from .layers.normalization import BatchNormalization, LayerNormalization
 from .layers.ops import OpLayer, _fill
 from .layers.recurrent import GRU, LSTM, RNN, Bidirectional, SimpleRNN
+from .layers.reshaping import _NoMask
 
 KERAS_VERSION = "3.15.1"      # the Keras 3 release these files were verified against
 
 
 def _snake(name):
+    """keras.src.utils.naming.to_snake_case: a digit before a capital stays joined (Conv1D -> conv1d)."""
     s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
 def _dtype_policy():
@@ -163,6 +167,24 @@ def layer_config(layer, input_shape=None):
     elif isinstance(layer, Activation):
         cfg = _base(layer)
         cfg["activation"] = _activation(layer, layer.activation)
+    elif isinstance(layer, (Conv1D, _Pooling1D, _GlobalPooling1D, _NoMask, BatchNormalization, LayerNormalization)):
+        cfg = _base(layer)                    # the layer's own Keras 3 keys, then what Keras adds around them
+        cfg.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in layer.get_config().items()
+                    if k not in cfg})
+        if isinstance(layer, Conv1D):
+            cfg["activation"] = _activation(layer, layer.activation)
+            cfg.update(kernel_initializer=_initializer(layer.kernel_initializer),
+                       bias_initializer=_initializer(layer.bias_initializer), kernel_regularizer=None,
+                       bias_regularizer=None, activity_regularizer=None, kernel_constraint=None, bias_constraint=None)
+        elif isinstance(layer, (BatchNormalization, LayerNormalization)):
+            cfg.update(beta_initializer=_initializer(layer.beta_initializer),
+                       gamma_initializer=_initializer(layer.gamma_initializer))
+            if isinstance(layer, BatchNormalization):
+                cfg.update(moving_mean_initializer=_initializer(layer.moving_mean_initializer),
+                           moving_variance_initializer=_initializer(layer.moving_variance_initializer))
+            cfg.update(beta_regularizer=None, gamma_regularizer=None, beta_constraint=None, gamma_constraint=None)
+            if isinstance(layer, BatchNormalization):
+                cfg.update(synchronized=False, renorm=False, renorm_clipping=None, renorm_momentum=0.99)
     elif isinstance(layer, _Merge):           # Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum
         cfg = _base(layer)
         if isinstance(layer, Concatenate):

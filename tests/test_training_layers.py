@@ -438,3 +438,66 @@ def test_keras_layer_gradients(case):
         npt.assert_allclose(g, a[f"g{k}"], **tol, err_msg=f"gradient of trainable weight {k}")
     for k, w in enumerate(layer.get_weights()):
         npt.assert_allclose(w, a[f"after{k}"], **tol, err_msg=f"weight {k} after the call")
+
+
+# ---------------------------------------------------------------------------------------------- 4. saving
+KERAS_FILES = os.path.join(os.path.dirname(__file__), "data", "keras")
+
+
+def _keras_zip(path):
+    """(config.json, {dataset path: shape} of model.weights.h5) of a .keras file."""
+    import io
+    import zipfile
+
+    import h5py
+    with zipfile.ZipFile(path) as zf:
+        cfg = json.loads(zf.read("config.json"))
+        tree = {}
+        with h5py.File(io.BytesIO(zf.read("model.weights.h5")), "r") as h5:
+            h5.visititems(lambda name, obj: tree.__setitem__(name, getattr(obj, "shape", None)))
+    return cfg, tree
+
+
+@pytest.mark.parametrize("case", ["k3_conv_stack", "k3_norms", "k3_reshape_zoo"])
+def test_trained_conv_norm_reshape_models_save_as_keras_does(tmp_path, case):
+    """Keras-written files with Conv1D, pooling, Batch/LayerNormalization, Permute, Flatten, Reshape and
+    RepeatVector: trained a step in fastlstm, `model.save` writes Keras's HDF5 groups (Conv1D -> layers/conv1d,
+    Keras's to_snake_case) and, per layer, the config keys and values Keras wrote; fastlstm loads it back."""
+    path = os.path.join(KERAS_FILES, case, "model.keras")
+    model = fastlstm.load(path)
+    x = np.load(os.path.join(KERAS_FILES, case, "input.npz"))[model.input_names[0]]
+    y = model.predict(x)
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, y + 0.1, epochs=1, batch_size=len(x), verbose=0)
+    out = str(tmp_path / "m.keras")
+    model.save(out)
+    want_cfg, want_tree = _keras_zip(path)
+    got_cfg, got_tree = _keras_zip(out)
+    assert got_tree == {k: v for k, v in want_tree.items() if not k.startswith("optimizer")}
+    for want, got in zip(want_cfg["config"]["layers"], got_cfg["config"]["layers"]):
+        assert got["class_name"] == want["class_name"]
+        if want["class_name"] not in ("Conv1D", "MaxPooling1D", "AveragePooling1D", "GlobalMaxPooling1D",
+                                      "GlobalAveragePooling1D", "BatchNormalization", "LayerNormalization",
+                                      "Permute", "Flatten", "Reshape", "RepeatVector"):
+            continue
+        assert sorted(got["config"]) == sorted(want["config"]), want["class_name"]
+        for k, v in want["config"].items():          # initializers: "zeros" in a loaded model (weights from file)
+            if k != "dtype" and not k.endswith("initializer"):
+                assert got["config"][k] == v, (want["class_name"], k)
+    back = fastlstm.load(out)
+    for a, b in zip(back.get_weights(), model.get_weights()):
+        npt.assert_array_equal(a, b)
+    npt.assert_array_equal(back.predict(x), model.predict(x))
+
+
+def test_padding_cropping_upsampling_save_their_arguments(tmp_path, rng):
+    """ZeroPadding1D, Cropping1D and UpSampling1D write their arguments (Keras 3's keys) and come back with them."""
+    m = fastlstm.Sequential([fastlstm.Input((6, 3)), L.ZeroPadding1D((1, 2)), L.LSTM(4, return_sequences=True),
+                             L.Cropping1D((2, 1)), L.UpSampling1D(3), L.GRU(2)])
+    path = str(tmp_path / "m.keras")
+    m.save(path)
+    cfg = {lc["class_name"]: lc["config"] for lc in _keras_zip(path)[0]["config"]["layers"]}
+    assert cfg["ZeroPadding1D"]["padding"] == [1, 2] and cfg["ZeroPadding1D"]["data_format"] == "channels_last"
+    assert cfg["Cropping1D"]["cropping"] == [2, 1] and cfg["UpSampling1D"]["size"] == 3
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    npt.assert_array_equal(fastlstm.load(path).predict(x), m.predict(x))

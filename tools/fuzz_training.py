@@ -3,16 +3,28 @@
 Dev machine only, never in CI. Random small models (Embedding or Masking + LSTM/GRU stacks, Bidirectional,
 TimeDistributed heads, two-input and two-output functional models), losses, optimizers and clipping options;
 the same initial weights and data in both; `fit(..., shuffle=False)` in both; then the trained fastlstm model is
-saved and loaded back by Keras 3, by fastlstm itself and (as ONNX) by onnxruntime.
+saved and loaded back by Keras 3, by fastlstm itself and (as ONNX) by onnxruntime, and the Keras-trained model
+(saved by Keras) is loaded by fastlstm.
+
+Layers around the recurrent ones ("arch" in spec.json): pooled (GlobalMax/GlobalAveragePooling1D over masked
+sequences, Flatten), conv (Conv1D causal/same/valid with strides or dilation, Max/AveragePooling1D, before,
+between or after the LSTM/GRU layers), seq2seq (RepeatVector between an encoder and a decoder), norm
+(Layer/BatchNormalization before, between or after), reshape (ZeroPadding1D, Cropping1D, UpSampling1D, Reshape,
+Permute, Flatten); and kind "branches": two recurrent branches (one may go through Conv1D, which drops the mask)
+merged by Add/Subtract/Multiply/Average/Maximum/Minimum/Concatenate. Token cases with "project" force fastlstm's
+project-each-distinct-token path (Embedding -> LSTM/GRU/Bidirectional, recurrent.PROJECT_* thresholds) when the
+Embedding's only reader is the recurrent layer; fastlstm.json records the path taken ("token_path").
 
     python tools/fuzz_training.py run --n 90 --seed 0        # all stages, any python; prints a summary
     python tools/fuzz_training.py run --n 20 --seed 7 --only c003,c011   # rerun some cases
 
 Stages (each a process, exchanging files under --work, default /tmp/fuzz_train/<seed>/):
     gen       (any python)              spec.json + data.npz per case
-    keras     (~/kvenv/bin/python)      build in Keras, perturb, save model.keras, fit in float32 and float64
-    fastlstm  (/work/main/.venv)        load model.keras (or build natively + set_weights), fit, compare; save
-                                        fl.keras / fl.weights.h5, reload in fastlstm, export_onnx + onnxruntime
+    keras     (~/kvenv/bin/python)      build in Keras, perturb, save model.keras, fit in float32 (saved as
+                                        k_trained.keras) and float64
+    fastlstm  (/work/main/.venv)        load model.keras (or build natively + set_weights), fit, compare; load
+                                        k_trained.keras; save fl.keras / fl.weights.h5, reload in fastlstm,
+                                        export_onnx + onnxruntime
     kcheck    (~/kvenv/bin/python)      keras.saving.load_model(fl.keras), load_weights(fl.weights.h5) into the
                                         Keras-built model and into keras.models.model_from_json(fl to_json()):
                                         get_weights() and predict must match fastlstm's
@@ -21,7 +33,9 @@ A stage run directly re-executes itself under its venv's python. Results: <work>
 
 Left out on purpose, because Keras 3.15 on the TF backend does something no dense implementation should copy:
 repeated token ids with Adam/RMSprop or gradient clipping (TF treats the Embedding gradient as IndexedSlices,
-squares / clips / takes norms occurrence by occurrence); (n,) sample weights against per-step losses (Keras
+squares / clips / takes norms occurrence by occurrence; this includes the padding id 0 when a layer that ignores
+the mask reads the padded steps: Conv1D, pooling, reshaping, LayerNormalization over the steps axis); (n,) sample
+weights against per-step losses (Keras
 broadcasts them along time, or fails); partial batches in two-output models (Keras logs each output's loss as a
 plain mean over batches, the total loss weighted by batch size); class_weight together with sample_weight
 (Keras refuses; fastlstm multiplies them).
@@ -117,10 +131,192 @@ def make_loss(rng):
             "as_string": bool(not logits and rng.random() < 0.3)}
 
 
+# ---- layers around the recurrent ones: Conv1D + pooling, normalization, reshaping, merges (plain specs
+# {"cls": <keras.layers name>, "cfg": {...}}, the same arguments in Keras and fastlstm)
+def _win_len(L, window, stride, padding):
+    """Output length of a Conv1D / pooling window of `window` steps (Keras rules)."""
+    if padding == "valid":
+        return (L - window) // stride + 1 if L >= window else 0
+    return -(-L // stride)                      # same, causal
+
+
+def make_conv_block(rng, T, F, allow_shrink=True):
+    """1-2 Conv1D (causal / same / valid, strides, dilation), optionally a pooling layer: (layers, T, F)."""
+    r = lambda p: bool(rng.random() < p)  # noqa: E731
+    out = []
+    for _ in range(2 if r(0.3) else 1):
+        padding = str(rng.choice(["causal", "same", "valid"])) if allow_shrink else str(rng.choice(["causal",
+                                                                                                     "same"]))
+        k = int(rng.integers(1, 5))
+        strides = int(rng.choice([1, 1, 2])) if allow_shrink else 1
+        dil = int(rng.choice([1, 1, 2])) if strides == 1 and k > 1 else 1
+        window = dil * (k - 1) + 1
+        newT = _win_len(T, window, strides, padding)
+        if newT < 2:
+            continue
+        cfg = {"filters": int(rng.integers(2, 7)), "kernel_size": k, "strides": strides, "padding": padding,
+               "dilation_rate": dil, "activation": str(rng.choice(["linear", "relu", "tanh", "sigmoid"])),
+               "use_bias": r(0.8)}
+        out.append({"cls": "Conv1D", "cfg": cfg})
+        T, F = newT, cfg["filters"]
+    if allow_shrink and r(0.6):
+        pool = int(rng.integers(2, 4))
+        strides = rng.choice([None, 1, 2])
+        padding = str(rng.choice(["valid", "same"]))
+        s_ = pool if strides is None else int(strides)
+        newT = _win_len(T, pool, s_, padding)
+        if newT >= 2:
+            cfg = {"pool_size": pool, "padding": padding}
+            if strides is not None:
+                cfg["strides"] = int(strides)
+            out.append({"cls": str(rng.choice(["MaxPooling1D", "AveragePooling1D"])), "cfg": cfg})
+            T = newT
+    return out, T, F
+
+
+def make_norm(rng, seq):
+    """A LayerNormalization or BatchNormalization for a (batch, steps, f) (seq) or (batch, f) input."""
+    r = lambda p: bool(rng.random() < p)  # noqa: E731
+    if r(0.5):
+        cfg = {"epsilon": float(rng.choice([1e-3, 1e-2])), "center": r(0.8), "scale": r(0.8)}
+        if seq and r(0.3):
+            cfg["axis"] = [1, 2]
+        if r(0.2):
+            cfg["rms_scaling"] = True
+        return {"cls": "LayerNormalization", "cfg": cfg}
+    cfg = {"momentum": float(rng.choice([0.8, 0.9, 0.99])), "epsilon": float(rng.choice([1e-3, 1e-2])),
+           "center": r(0.8), "scale": r(0.8)}
+    if seq and r(0.2):
+        cfg["axis"] = 1
+    return {"cls": "BatchNormalization", "cfg": cfg}
+
+
+def make_pre_reshape(rng, T, F):
+    """A reshaping layer between the input (Embedding / Masking) and the first recurrent layer: (layers, T, F)."""
+    op = str(rng.choice(["ZeroPadding1D", "Cropping1D", "UpSampling1D", "Reshape"]))
+    if op == "ZeroPadding1D":
+        pad = [int(rng.integers(0, 3)), int(rng.integers(1, 3))]
+        return [{"cls": op, "cfg": {"padding": pad}}], T + sum(pad), F
+    if op == "Cropping1D" and T >= 5:
+        crop = [int(rng.integers(0, 2)), int(rng.integers(1, 3))]
+        return [{"cls": op, "cfg": {"cropping": crop}}], T - sum(crop), F
+    if op == "Reshape" and T % 2 == 0:
+        return [{"cls": op, "cfg": {"target_shape": [T // 2, 2 * F]}}], T // 2, 2 * F
+    return [{"cls": "UpSampling1D", "cfg": {"size": 2}}], 2 * T, F
+
+
+def rnn_width(rs):
+    return rs["units"] * (2 if rs["bidirectional"] == "concat" else 1)
+
+
+def make_layout(rng, kind, arch, head, T, F):
+    """The layers of a model around its recurrent ones: {"rnns", "pre", "mid", "post", "T_out", "branch"}.
+    pre: between the input layer and rnns[0]; mid: between rnns[0] and rnns[1]; post: after the last recurrent
+    layer (after the merge for branches); T_out: the steps of a per-step head's output."""
+    r = lambda p: bool(rng.random() < p)  # noqa: E731
+    per_step = head != "dense"
+    pre, mid, post, branch = [], [], [], None
+    where = {"conv": str(rng.choice(["pre", "pre", "mid", "post"])), "norm": str(rng.choice(["pre", "mid", "post"])),
+             "reshape": str(rng.choice(["pre", "pre", "mid", "post"]))}.get(arch)
+    n_rnn = 2 if (r(0.4) or where == "mid" or arch == "seq2seq") else 1
+    if kind == "branches":
+        n_rnn = 2 if r(0.5) else 1            # rnns[1]: on top of the merge
+    # does the last recurrent layer return sequences?
+    if arch == "pooled" or (where == "post" and arch in ("conv", "reshape")):
+        seq_last = True
+    elif where == "post" and arch == "norm" and not per_step:
+        seq_last = r(0.5)
+    else:
+        seq_last = per_step
+    if where == "pre":
+        if arch == "conv":
+            pre, T, F = make_conv_block(rng, T, F)
+        elif arch == "norm":
+            pre = [make_norm(rng, True)]
+            if r(0.4):
+                block, T, F = make_conv_block(rng, T, F)
+                pre += block
+        else:
+            pre, T, F = make_pre_reshape(rng, T, F)
+    elif kind == "branches" and r(0.3):
+        pre = [make_norm(rng, True)]
+    rnns = [make_rnn(rng, return_sequences=(n_rnn == 2 and arch != "seq2seq") or (n_rnn == 1 and seq_last))]
+    if kind == "branches":
+        seq_merge = rnns[0]["return_sequences"] or n_rnn == 2 or r(0.5)
+        rnns[0]["return_sequences"] = seq_merge
+        b = make_rnn(rng, return_sequences=seq_merge)
+        b["units"], b["bidirectional"] = rnns[0]["units"], rnns[0]["bidirectional"]
+        b["go_backwards"] = b["go_backwards"] and not b["bidirectional"]
+        b_layers = []
+        if r(0.4):                  # an unmasked branch: Conv1D drops the mask, keeps the length
+            b_layers, _, _ = make_conv_block(rng, T, F, allow_shrink=False)
+        merge = str(rng.choice(["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"]))
+        branch = {"merge": merge, "rnn": b, "layers": b_layers}
+        F = rnn_width(rnns[0]) * (2 if merge == "Concatenate" else 1)
+        if n_rnn == 2:
+            rnns.append(make_rnn(rng, return_sequences=seq_last))
+            F = rnn_width(rnns[1])
+        elif seq_merge and not seq_last:        # a sequence out of the merge and a dense head: pool it
+            post.append({"cls": str(rng.choice(["GlobalMaxPooling1D", "GlobalAveragePooling1D", "Flatten"])),
+                         "cfg": {}})
+        return {"rnns": rnns, "pre": pre, "mid": mid, "post": post, "T_out": T, "branch": branch}
+    F = rnn_width(rnns[0])
+    if arch == "seq2seq":
+        if r(0.3):
+            mid.append(make_norm(rng, False))
+        T = int(rng.integers(3, 7))
+        mid.append({"cls": "RepeatVector", "cfg": {"n": T}})
+    elif where == "mid":
+        if arch == "conv":
+            mid, T, F = make_conv_block(rng, T, F)
+        elif arch == "norm":
+            mid = [make_norm(rng, True)]
+        elif T % 2 == 0 and r(0.4):
+            mid = [{"cls": "Reshape", "cfg": {"target_shape": [T // 2, 2 * F]}}]
+            T, F = T // 2, 2 * F
+        else:
+            mid = [{"cls": "Permute", "cfg": {"dims": [2, 1]}}]
+            T, F = F, T
+    if n_rnn == 2:
+        rnns.append(make_rnn(rng, return_sequences=seq_last))
+    last = rnns[-1]
+    F = rnn_width(last)
+    if arch == "pooled":
+        post.append({"cls": str(rng.choice(["GlobalMaxPooling1D", "GlobalAveragePooling1D",
+                                            "GlobalAveragePooling1D", "Flatten"])), "cfg": {}})
+        if r(0.3):
+            post.append(make_norm(rng, False))
+    elif where == "post":
+        if arch == "conv":
+            post, T, F = make_conv_block(rng, T, F)
+            if not per_step:
+                post.append({"cls": str(rng.choice(["GlobalMaxPooling1D", "GlobalAveragePooling1D", "Flatten"])),
+                             "cfg": {}})
+        elif arch == "norm":
+            post = [make_norm(rng, last["return_sequences"])]
+            if last["return_sequences"] and not per_step:
+                post.append({"cls": str(rng.choice(["GlobalMaxPooling1D", "GlobalAveragePooling1D", "Flatten"])),
+                             "cfg": {}})
+        elif per_step:
+            if r(0.5):
+                post = [{"cls": "UpSampling1D", "cfg": {"size": 2}}]
+                T *= 2
+            else:
+                post = [{"cls": "Cropping1D", "cfg": {"cropping": [1, 0] if r(0.5) else [0, 1]}}]
+                T -= 1
+        else:
+            post = [{"cls": "Flatten", "cfg": {}}]
+    return {"rnns": rnns, "pre": pre, "mid": mid, "post": post, "T_out": T, "branch": branch}
+
+
 def make_spec(rng, name):
     r = lambda p: bool(rng.random() < p)  # noqa: E731
-    kind = str(rng.choice(["seq"] * 6 + ["two_inputs"] * 2 + ["two_outputs"] * 2))
-    T, B, nb = int(rng.integers(4, 9)), int(rng.integers(3, 6)), int(rng.integers(2, 4))
+    kind = str(rng.choice(["seq"] * 6 + ["two_inputs"] * 2 + ["two_outputs"] * 2 + ["branches"] * 3))
+    # what surrounds the recurrent layers (plain: nothing); branches: two recurrent branches merged
+    arch = "plain" if kind == "branches" else str(rng.choice(["plain"] * 2 + ["pooled"] * 2 + ["conv"] * 3 +
+                                                            ["seq2seq", "norm", "norm", "reshape", "reshape"]))
+    T = int(rng.integers(6, 13)) if arch == "conv" else int(rng.integers(4, 9))
+    B, nb = int(rng.integers(3, 6)), int(rng.integers(2, 4))
     # Keras's TF backend logs per-output losses as the plain mean over batches (the batch-size weight is None
     # inside tf.function), the total loss weighted by batch size: two-output cases use full batches only
     partial = r(0.4) and kind != "two_outputs"
@@ -130,7 +326,7 @@ def make_spec(rng, name):
     if r(0.6):
         mask_zero = r(0.5)
         pad = str(rng.choice(["pre", "post", "mid"])) if mask_zero else ("pre" if sgd and r(0.3) else "none")
-        distinct = not (sgd and r(0.5))
+        distinct = not (sgd and r(0.7))
         vocab = (B * T + int(rng.integers(3, 10)) + 1) if distinct else int(rng.integers(8, 20))
         inp = {"type": "tokens", "vocab": vocab, "dim": int(rng.integers(3, 8)), "mask_zero": mask_zero, "pad": pad,
                "distinct": distinct}
@@ -144,13 +340,33 @@ def make_spec(rng, name):
         # (norms and clipvalue), which no dense gradient reproduces
         for key in ("clipnorm", "clipvalue", "global_clipnorm"):
             opt["config"].pop(key, None)
-    head = "dense" if kind != "seq" else str(rng.choice(["dense", "dense", "td", "dense3d"]))
-    n_rnn = 2 if r(0.4) else 1
-    rnns = [make_rnn(rng, return_sequences=(k < n_rnn - 1) or head != "dense") for k in range(n_rnn)]
+    head = "dense" if kind not in ("seq", "branches") else str(rng.choice(["dense", "dense", "td", "dense3d"]))
+    if arch == "pooled":
+        head = "dense"
+    layers = make_layout(rng, kind, arch, head, T, inp["dim"] if inp["type"] == "tokens" else inp["features"])
     loss = make_loss(rng)
-    spec = {"name": name, "kind": kind, "T": T, "batch_size": B, "n": n, "epochs": int(rng.integers(1, 3)),
-            "input": inp, "rnns": rnns, "dropout0": r(0.3), "head": head, "loss": loss, "opt": opt,
-            "sample_weight": r(0.35), "validation": r(0.35), "native": r(0.4), "seed": int(rng.integers(1 << 30))}
+    spec = {"name": name, "kind": kind, "arch": arch, "T": T, "batch_size": B, "n": n,
+            "epochs": int(rng.integers(1, 3)), "input": inp, "dropout0": r(0.3), "head": head, "loss": loss,
+            "opt": opt, "sample_weight": r(0.35), "validation": r(0.35), "native": r(0.4),
+            "seed": int(rng.integers(1 << 30))}
+    spec.update(layers)
+    # a layer that drops the mask (Conv1D, pooling, reshaping) or a LayerNormalization over the steps axis reading
+    # the Embedding's padded steps gives token 0 one gradient row per occurrence: repeated ids, which only SGD
+    # without clipping takes as a dense sum does
+    reads_padding = inp["type"] == "tokens" and inp["pad"] != "none" and (
+        any(it["cls"] != "BatchNormalization" and not (it["cls"] == "LayerNormalization"
+                                                        and it["cfg"].get("axis", -1) == -1) for it in spec["pre"])
+        or (spec["branch"] is not None and spec["branch"]["layers"]))
+    if reads_padding:
+        if sgd:
+            for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+                opt["config"].pop(key, None)
+        else:
+            inp["pad"] = "none"
+    # Embedding -> LSTM/GRU: force fastlstm's project-each-distinct-token path for about half the token cases
+    # (the thresholds keep small models on the gathered path); it runs when the Embedding's only reader is the
+    # recurrent layer
+    spec["project"] = inp["type"] == "tokens" and r(0.5)
     spec["validation_split"] = 0.25 if (not spec["validation"] and kind != "two_outputs" and r(0.2)) else 0.0
     if kind != "two_outputs" and head == "dense" and loss["name"].endswith("crossentropy") \
             and not spec["sample_weight"] and r(0.3):         # Keras refuses class_weight with sample_weight
@@ -238,7 +454,7 @@ def _labels(rng, loss, n, T, per_step):
 
 def make_targets(rng, spec, n):
     per_step = spec["head"] in ("td", "dense3d")
-    ys = [_labels(rng, spec["loss"], n, spec["T"], per_step)]
+    ys = [_labels(rng, spec["loss"], n, spec.get("T_out", spec["T"]), per_step)]
     if spec["kind"] == "two_outputs":
         lb = dict(spec["loss_b"])
         ys.append(_labels(rng, lb, n, spec["T"], False))
@@ -255,6 +471,8 @@ def gen(work, n_cases, seed, only):
             continue
         d = os.path.join(work, name)
         os.makedirs(d, exist_ok=True)
+        for stale in os.listdir(d):          # results of an earlier run in the same folder
+            os.remove(os.path.join(d, stale))
         drng = np.random.default_rng(spec["seed"])
         B, n = spec["batch_size"], spec["n"]
         xs, ys = make_inputs(drng, spec, n, B), make_targets(drng, spec, n)
@@ -262,7 +480,8 @@ def gen(work, n_cases, seed, only):
         arrays.update({f"y{k}": a for k, a in enumerate(ys)})
         per_step = spec["head"] in ("td", "dense3d")      # Keras broadcasts (n,) weights against (n, T) losses
         if spec["sample_weight"]:                          # from the right: give per-step outputs (n, T) weights
-            arrays["sw"] = drng.uniform(0.2, 2.0, size=(n, spec["T"]) if per_step else n).astype(np.float32)
+            arrays["sw"] = drng.uniform(0.2, 2.0, size=(n, spec.get("T_out", spec["T"])) if per_step
+                                        else n).astype(np.float32)
         if spec["validation"]:
             nv = 2 * B if spec["kind"] == "two_outputs" else B + 1
             arrays.update({f"vx{k}": a for k, a in enumerate(make_inputs(drng, spec, nv, B))})
@@ -318,17 +537,47 @@ def build_model(spec, K):
             layer = L.Bidirectional(layer, merge_mode=rs["bidirectional"], name="bi_" + name)
         return layer
 
+    def plain(items, prefix):
+        out = []
+        for k, it in enumerate(items):
+            cfg = {key: (tuple(v) if isinstance(v, list) else v) for key, v in it["cfg"].items()}
+            out.append(getattr(L, it["cls"])(name=f"{prefix}{k}", **cfg))
+        return out
+
+    stack += plain(spec.get("pre", []), "pre")
+    lo = spec["loss"]
+
+    def head_layer():
+        if spec["head"] == "td":
+            return L.TimeDistributed(L.Dense(lo["units"], activation=lo["activation"], name="head_dense"),
+                                     name="head")
+        return L.Dense(lo["units"], activation=lo["activation"], name="head")
+
+    if spec["kind"] == "branches":
+        br = spec["branch"]
+        h = x_in
+        for layer in stack:
+            h = layer(h)
+        a = rnn_layer(spec["rnns"][0], "rnn0")(h)
+        b = h
+        for layer in plain(br["layers"], "branch"):
+            b = layer(b)
+        b = rnn_layer(br["rnn"], "rnn_b")(b)
+        z = getattr(L, br["merge"])(name="merge")([a, b])
+        for k, rs in enumerate(spec["rnns"][1:], start=1):
+            z = rnn_layer(rs, f"rnn{k}")(z)
+        for layer in plain(spec.get("post", []), "post"):
+            z = layer(z)
+        return K.Model(x_in, head_layer()(z), name=spec["name"])
     for k, rs in enumerate(spec["rnns"]):
         stack.append(rnn_layer(rs, f"rnn{k}"))
         if k == 0 and spec["dropout0"]:
             stack.append(L.Dropout(0.0, name="drop"))
-    lo = spec["loss"]
+        if k == 0:
+            stack += plain(spec.get("mid", []), "mid")
+    stack += plain(spec.get("post", []), "post")
     if spec["kind"] == "seq":
-        if spec["head"] == "td":
-            stack.append(L.TimeDistributed(L.Dense(lo["units"], activation=lo["activation"], name="head_dense"),
-                                           name="head"))
-        else:
-            stack.append(L.Dense(lo["units"], activation=lo["activation"], name="head"))
+        stack.append(head_layer())
         return K.Sequential([x_in] + stack, name=spec["name"])
     h = x_in
     for layer in stack:
@@ -390,7 +639,14 @@ def fit_args(spec, data, cast=None):
 def perturb(weights, paths, rng):
     out = []
     for w, p in zip(weights, paths):
-        if p.endswith("bias"):
+        if p.endswith(("gamma", "moving_variance")):           # a positive variance, gamma around 1
+            out.append(rng.uniform(0.6, 1.4, size=w.shape))
+        elif p.endswith(("beta", "moving_mean")):
+            out.append(rng.uniform(-0.3, 0.3, size=w.shape))
+        elif w.ndim == 3:                                       # Conv1D kernel (k, in, out)
+            a = np.sqrt(6.0 / (w.shape[0] * (w.shape[1] + w.shape[2])))
+            out.append(rng.uniform(-a, a, size=w.shape))
+        elif p.endswith("bias"):
             out.append(rng.uniform(-0.2, 0.2, size=w.shape))
         elif p.endswith("embeddings"):
             out.append(rng.uniform(-0.5, 0.5, size=w.shape))
@@ -419,7 +675,7 @@ def _hist(h):
     return {k: [float(v) for v in vs] for k, vs in h.history.items()}
 
 
-def _keras_train(keras, spec, data, w0, dtype):
+def _keras_train(keras, spec, data, w0, dtype, save_to=None):
     keras.config.set_floatx(dtype)
     try:
         keras.backend.clear_session()
@@ -441,6 +697,8 @@ def _keras_train(keras, spec, data, w0, dtype):
             ev = None
         pred = model.predict(one_or_list([cast(a) for a in data["px"]]), verbose=0)
         pred = pred if isinstance(pred, (list, tuple)) else [pred]
+        if save_to:                       # the trained Keras model, for fastlstm.load (moving statistics and all)
+            model.save(save_to)
         ev = None if ev is None else {k: float(v) for k, v in ev.items()}
         return model.get_weights(), _hist(hist), ev, [np.asarray(p) for p in pred]
     finally:
@@ -464,7 +722,8 @@ def keras_half(work, names):
             model.save(os.path.join(d, "model.keras"))
             np.savez(os.path.join(d, "w0.npz"), *w0)
             out["weight_paths"] = [v.path for v in model.weights]
-            w32, h32, e32, p32 = _keras_train(keras, spec, data, w0, "float32")
+            w32, h32, e32, p32 = _keras_train(keras, spec, data, w0, "float32",
+                                              save_to=os.path.join(d, "k_trained.keras"))
             w64, h64, e64, p64 = _keras_train(keras, spec, data, w0, "float64")
             np.savez(os.path.join(d, "k32.npz"), **{f"w{k}": w for k, w in enumerate(w32)},
                      **{f"p{k}": p for k, p in enumerate(p32)})
@@ -524,7 +783,38 @@ def fastlstm_half(work, names):
         print(f"fastlstm {name}: {res['status']} {res['problems'][:3]}", flush=True)
 
 
+_TOKEN_PATHS = {}          # ("train" | "predict", "projected" | "gathered") -> calls, for the current case
+
+
+def _token_projection(on):
+    """Force (on) or leave to the thresholds (off) fastlstm's Embedding -> LSTM/GRU projection of each distinct
+    token, and count which path each recurrent layer fed by TokenRows took (_TOKEN_PATHS)."""
+    from fastlstm.layers import recurrent
+    if not hasattr(recurrent, "_fuzz_defaults"):
+        recurrent._fuzz_defaults = (dict(recurrent.PROJECT_MAX_DISTINCT), recurrent.PROJECT_MIN_WORK_PER_VOCAB)
+        original = recurrent.RNN._projected_input
+
+        def counted(self, rows, z_out=None, training=False):
+            out = original(self, rows, z_out=z_out, training=training)
+            key = ("train" if training else "predict", "gathered" if out is None else "projected")
+            _TOKEN_PATHS[key] = _TOKEN_PATHS.get(key, 0) + 1
+            return out
+        recurrent.RNN._projected_input = counted
+    distinct, work = recurrent._fuzz_defaults
+    recurrent.PROJECT_MAX_DISTINCT.update({k: 1.0 for k in distinct} if on else distinct)
+    recurrent.PROJECT_MIN_WORK_PER_VOCAB = 0 if on else work
+    _TOKEN_PATHS.clear()
+
+
 def _fastlstm_case(fastlstm, d, spec, kj, res):
+    _token_projection(spec.get("project", False))
+    try:
+        _fastlstm_case_body(fastlstm, d, spec, kj, res)
+    finally:
+        res["token_path"] = {f"{a}:{b}": n for (a, b), n in sorted(_TOKEN_PATHS.items())}
+
+
+def _fastlstm_case_body(fastlstm, d, spec, kj, res):
     data = load_data(d)
     z0 = np.load(os.path.join(d, "w0.npz"))
     w0 = [z0[f"arr_{k}"] for k in range(len(z0.files))]
@@ -587,6 +877,25 @@ def _fastlstm_case(fastlstm, d, spec, kj, res):
         checks[f"predict {k}"] = {"excess": ex, "max_abs": raw}
         if ex > 0:
             problems.append(f"trained predict output {k}: max |fl-keras| {raw:.3g}")
+    # ---- the Keras-trained model, saved by Keras, loaded by fastlstm: the same weights and predictions
+    kt_path = os.path.join(d, "k_trained.keras")
+    if os.path.exists(kt_path):
+        try:
+            kt = fastlstm.load(kt_path)
+            kws = [k32[f"w{k}"] for k in range(len(kj["weight_paths"]))]
+            got = kt.get_weights()
+            if [w.shape for w in got] != [w.shape for w in kws] or \
+                    any(not np.array_equal(a, b) for a, b in zip(got, kws)):
+                problems.append("fastlstm.load(Keras-trained .keras): get_weights() differs from Keras's")
+            out = kt.predict(px)
+            out = out if isinstance(out, list) else [out]
+            for k, a in enumerate(out):
+                ok, diff = _close(a, k32[f"p{k}"])
+                checks[f"fastlstm load Keras-trained {k}"] = diff
+                if not ok:
+                    problems.append(f"fastlstm.load(Keras-trained .keras) predict {k} differs from Keras: {diff}")
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"fastlstm.load(Keras-trained .keras) failed: {type(e).__name__}: {e}"[:500])
     np.savez(os.path.join(d, "fl_pred.npz"), *preds)
     np.savez(os.path.join(d, "fl_w.npz"), *model.get_weights())
     # ---- saving: fastlstm files, reloaded by fastlstm (Keras reloads them in the kcheck stage)
@@ -733,7 +1042,18 @@ def summarize(work, names):
             fails.append((name, r["problems"]))
         else:
             skipped.append((name, r["status"]))
-    print(f"\n{len(names)} configurations: {ok} ok, {len(fails)} failing, {len(skipped)} skipped")
+    paths = {}
+    for name in names:
+        p = os.path.join(work, name, "fastlstm.json")
+        if os.path.exists(p):
+            tp = json.load(open(p)).get("token_path") or {}
+            key = ("projected" if tp.get("train:projected") else "gathered" if tp.get("train:gathered")
+                   else "no TokenRows")
+            spec = json.load(open(os.path.join(work, name, "spec.json")))
+            if spec["input"]["type"] == "tokens":
+                paths[key] = paths.get(key, 0) + 1
+    print(f"\n{len(names)} configurations: {ok} ok, {len(fails)} failing, {len(skipped)} skipped; token cases "
+          f"by fastlstm training path: {paths}")
     for name, why in skipped:
         print(f"  skipped {name}: {why}")
     for name, probs in fails:
@@ -746,17 +1066,33 @@ def summarize(work, names):
 
 def describe(spec):
     inp = spec["input"]
-    parts = [spec["kind"], "native" if spec["native"] else "loaded"]
+    parts = [spec["kind"], spec.get("arch", "plain"), "native" if spec["native"] else "loaded"]
     parts.append(f"Emb(mask_zero={inp['mask_zero']},pad={inp['pad']})" if inp["type"] == "tokens"
                  else f"float(mask={inp['mask_value']},pad={inp['pad']})")
-    for r in spec["rnns"]:
+    if inp["type"] == "tokens":
+        parts.append(f"distinct={inp['distinct']} project={spec.get('project')}")
+
+    def rnn(r):
         s = f"{r['cls']}({r['units']},{r['activation']}/{r['recurrent_activation']}"
         s += ",nobias" if not r["use_bias"] else ""
         s += ",back" if r["go_backwards"] else ""
         s += ",rs" if r["return_sequences"] else ""
         s += f",ra={r['reset_after']}" if r["cls"] == "GRU" else ""
         s += ")"
-        parts.append(f"Bi[{r['bidirectional']}]{s}" if r["bidirectional"] else s)
+        return f"Bi[{r['bidirectional']}]{s}" if r["bidirectional"] else s
+
+    def plain(items):
+        return [f"{it['cls']}{json.dumps(it['cfg'], separators=(',', ':'))}" for it in items]
+
+    parts += plain(spec.get("pre", []))
+    for k, r in enumerate(spec["rnns"]):
+        parts.append(rnn(r))
+        if k == 0 and spec.get("branch"):
+            br = spec["branch"]
+            parts.append(f"|| [{' '.join(plain(br['layers']) + [rnn(br['rnn'])])}] -> {br['merge']}")
+        if k == 0:
+            parts += plain(spec.get("mid", []))
+    parts += plain(spec.get("post", []))
     lo = spec["loss"]
     parts.append(f"head={spec['head']}({lo['units']},{lo['activation']}) {lo['name']}"
                  f"{'(logits)' if lo['from_logits'] else ''} {lo['metrics']}")

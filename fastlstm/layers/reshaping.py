@@ -188,6 +188,11 @@ class ZeroPadding1D(_NoMask):
         a = self._axis()
         return np.take(dy, np.arange(self.padding[0], self.padding[0] + shape[a]), axis=a)
 
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(padding=list(self.padding), data_format=self.data_format)
+        return cfg
+
 
 class Cropping1D(_NoMask):
     """Removes steps from the start and end: cropping = (start, end)."""
@@ -210,6 +215,11 @@ class Cropping1D(_NoMask):
         dx[:, self.cropping[0]:shape[1] - self.cropping[1]] = dy
         return dx
 
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["cropping"] = list(self.cropping)
+        return cfg
+
 
 class UpSampling1D(_NoMask):
     """Repeats each step `size` times."""
@@ -227,6 +237,11 @@ class UpSampling1D(_NoMask):
 
     def _input_grad(self, dy, shape):
         return dy.reshape((shape[0], shape[1], self.size) + tuple(shape[2:])).sum(axis=2)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["size"] = self.size
+        return cfg
 
 
 __all__ = ["RepeatVector", "Flatten", "Reshape", "Permute", "ZeroPadding1D", "Cropping1D", "UpSampling1D"]
