@@ -35,8 +35,9 @@ def add_arguments(p, threads_dest="bench_threads"):
     p.add_argument("--threads", dest=threads_dest, type=_thread_list, default=[1, 2], metavar="N,N",
                    help="comma-separated thread counts (default 1,2)")
     p.add_argument("--quick", action="store_true",
-                   help="a run under a minute: 3 repeats, shorter sampling, no batch_b256 workload, reference "
-                        "verified but not timed")
+                   help="a run under a minute: 3 repeats, shorter sampling, no batch_b256 and no uniform-id "
+                        "train_imdb workload, reference verified but not timed (the first run after an install "
+                        "also compiles the Numba kernels into their cache: about 40 s more)")
     p.add_argument("--workloads", default=None,
                    help="comma-separated workload names or groups kernel, model, all (default all); a custom "
                         "kernel workload is CELL[_train]_bB_tT_iI_hH, e.g. lstm_b2_t8_i16_h16")
