@@ -216,12 +216,16 @@ class TokenRowsGrad:
     """The gradient w.r.t. a TokenRows, summed per distinct token: rows (U, E). That is all the Embedding
     needs (its only reader); the per-position gradients are not kept."""
 
-    __slots__ = ("source", "uids", "rows")
+    __slots__ = ("source", "rows")
     __array_ufunc__ = None       # array + TokenRowsGrad goes to __radd__, not to an elementwise object loop
 
     def __init__(self, source, rows):
         self.source, self.rows = source, rows
-        self.uids = source.unique()[0]
+
+    @property
+    def uids(self):
+        """The distinct ids the rows belong to (U,)."""
+        return self.source.unique()[0]
 
     def __add__(self, other):
         """Plus another TokenRowsGrad of the same rows, or a per-position gradient (batch, timesteps, E)."""

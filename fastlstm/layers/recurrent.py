@@ -169,7 +169,8 @@ class RNN(Layer):
         """For token rows from an Embedding: (z, e_u) with z (T, B, G) = table[ids] @ w_x time-major, every
         distinct token projected once, and e_u (U, E) the distinct rows; the kernels take z in their
         projected-input mode (x of shape (T, B, 0)). None when this layer runs on the gathered rows instead:
-        SimpleRNN, time_major, input dropout in training, or too many distinct tokens for it to pay."""
+        SimpleRNN, time_major, input dropout in training, or too many distinct tokens for it to pay.
+        z_out: None, or a function returning the (T, B, G) array to write z into (called only when projecting)."""
         if not getattr(self, "projects_tokens", False) or self.time_major or not self.built \
                 or rows.shape[2] != self.input_dim:
             return None
@@ -177,7 +178,7 @@ class RNN(Layer):
         if not training:
             table = self._token_table(rows)
             if table is not None:
-                return np.take(table, rows.ids.T, axis=0, out=z_out, mode="clip"), None
+                return np.take(table, rows.ids.T, axis=0, out=z_out and z_out(), mode="clip"), None
         if B * T * E * self.gates * self.units < PROJECT_MIN_WORK_PER_VOCAB * rows.layer.input_dim:
             return None
         uids, inv_tm = rows.unique()
@@ -187,7 +188,7 @@ class RNN(Layer):
         e_u = np.take(rows.layer._weights[0], uids, axis=0)
         table = e_u @ self._params(dtype)["w_x"]
         # (mode='clip': inv_tm is in range by construction, and NumPy buffers `out` in the default mode: 5x slower)
-        z = np.take(table, inv_tm, axis=0, out=z_out, mode="clip")
+        z = np.take(table, inv_tm, axis=0, out=z_out and z_out(), mode="clip")
         return z, e_u
 
     def _token_table(self, rows):
@@ -198,18 +199,17 @@ class RNN(Layer):
         V = emb.input_dim
         if V * self.gates * self.units * dtype.itemsize > TOKEN_TABLE_MAX_BYTES:
             return None
-        # (the table array itself in the key: a replaced array is seen even without _weights_changed)
-        key = (emb, getattr(emb, "_version", 0), emb._weights[0], dtype)
+        # kept with the embedding array it came from (a replaced array is seen even without _weights_changed)
+        source, stamp = emb._weights[0], (getattr(emb, "_version", 0), dtype)
         entry = self._cast.get("token_table")
-        if entry is not None and entry[0][0] is emb and entry[0][2] is key[2] and entry[0][1] == key[1] \
-                and entry[0][3] == dtype:
-            return entry[1]
+        if entry is not None and entry[0] is source and entry[1] == stamp:
+            return entry[2]
         seen = self._cast.get("token_positions", 0) + rows.ids.size
         self._cast["token_positions"] = seen
         if seen < V:
             return None
-        table = np.ascontiguousarray(emb._weights[0], dtype=dtype) @ self._params(dtype)["w_x"]
-        self._cast["token_table"] = (key, table)
+        table = np.ascontiguousarray(source, dtype=dtype) @ self._params(dtype)["w_x"]
+        self._cast["token_table"] = (source, stamp, table)
         return table
 
     def _batch_first_input(self, inputs):
@@ -312,42 +312,33 @@ class RNN(Layer):
                                       f"(the fused kernels have one recurrent GEMM per step); use dropout= or a "
                                       f"Dropout layer instead")
         rows = inputs if isinstance(inputs, TokenRows) else None
+        proj = dp = None
         if rows is not None and not (training and self.dropout > 0):
             # token rows from an Embedding: each distinct token projected once, straight into the workspace
             B, T, _ = rows.shape
             dtype = rows.dtype
-            ws = self._train_workspace(ws_key, T, B, 0, dtype)
-            proj = self._projected_input(rows, z_out=ws["z"], training=training)
-            if proj is not None:
-                x_tm = np.empty((T, B, 0), dtype)
-                m = _mask_to_kernel(mask, B, T)
-                states0 = self._initial_states(B, dtype, initial_state)
-                _, final = self._kernel_forward(x_tm, states0, m, dtype, ws=ws, z_ws=ws["z"])
-                if self.stateful:
-                    self.states = [s.copy() for s in final]
-                out = self._assemble(ws["y"], final, m)
-                return out, dict(x_tm=x_tm, states0=states0, m=m, dtype=dtype, ws=ws, dp=None, rows=rows,
-                                 e_u=proj[1])
-        if rows is not None:
-            inputs = rows.gather()
-        x = self._batch_first_input(inputs)
-        B, T, I = x.shape
-        dtype = float_dtype(x)
-        dp = None
-        if training and self.dropout > 0:
-            # Keras 3: one input dropout mask per sequence, shared by every timestep
-            rng = rng if rng is not None else np.random.default_rng()
-            dp = (rng.random((B, 1, I)) >= self.dropout).astype(dtype) * dtype.type(1.0 / (1.0 - self.dropout))
-            x = x * dp
-        x_tm = np.ascontiguousarray(np.swapaxes(x, 0, 1), dtype=dtype)
+            proj = self._projected_input(rows, training=training,
+                                         z_out=lambda: self._train_workspace(ws_key, T, B, 0, dtype)["z"])
+        if proj is not None:
+            x_tm, extra = np.empty((T, B, 0), dtype), dict(rows=rows, e_u=proj[1])
+        else:
+            x = self._batch_first_input(rows.gather() if rows is not None else inputs)
+            B, T, I = x.shape
+            dtype = float_dtype(x)
+            if training and self.dropout > 0:
+                # Keras 3: one input dropout mask per sequence, shared by every timestep
+                rng = rng if rng is not None else np.random.default_rng()
+                dp = (rng.random((B, 1, I)) >= self.dropout).astype(dtype) * dtype.type(1.0 / (1.0 - self.dropout))
+                x = x * dp
+            x_tm, extra = np.ascontiguousarray(np.swapaxes(x, 0, 1), dtype=dtype), {}
         m = _mask_to_kernel(mask, B, T)
         states0 = self._initial_states(B, dtype, initial_state)
-        ws = self._train_workspace(ws_key, T, B, I, dtype)
+        ws = self._train_workspace(ws_key, T, B, x_tm.shape[2], dtype)     # (projected: z is in it already)
         _, final = self._kernel_forward(x_tm, states0, m, dtype, ws=ws)
         if self.stateful:
             self.states = [s.copy() for s in final]
         out = self._assemble(ws["y"], final, m)
-        return out, dict(x_tm=x_tm, states0=states0, m=m, dtype=dtype, ws=ws, dp=dp)
+        return out, dict(x_tm=x_tm, states0=states0, m=m, dtype=dtype, ws=ws, dp=dp, **extra)
 
     def backward(self, ctx, d_out):
         """BPTT: d loss / d input (batch-first); weight gradients are added to self.grads.
