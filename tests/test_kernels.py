@@ -214,3 +214,28 @@ def test_projected_input_mode(backend, dtype, cell, opts, shape):
     x2 = args["x"].reshape(T * B, I)
     np.testing.assert_allclose((dz @ args["w_x"].T).reshape(T, B, I), bref["dx_out"], **TOL[dtype])
     np.testing.assert_allclose(x2.T @ dz, bref["dw_x_out"], **TOL[dtype])
+
+
+@pytest.mark.parametrize("H", [1, 5, 16, 17, 66, 128])
+@pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
+def test_lstm_batch1_unit_steps_equal_the_general_steps(H, opts):
+    """A batch-1 float32 inference (T >= 8, default activations) takes the unit-interleaved, software-pipelined
+    steps (lstm_cy.fl_lstm_units_step, AVX2 activations of _vecact.pxd); training mode takes the general path
+    (64-column panels, _fwd_row_fast). Same operations in the same order: the outputs must be bit-identical."""
+    if "cython" not in BACKENDS:
+        pytest.skip("the Cython extension is not built")
+    k = get_backend("cython")
+    rng = np.random.default_rng(H)
+    infer = lstm_args(12, 1, 7, H, np.float32, rng, **opts)
+    for name in ("x", "h0", "c0"):
+        infer[name] *= 3      # reach the saturated ends of sigmoid and tanh too
+    train = copy_args(infer)
+    T, G = infer["x"].shape[0], 4 * H
+    train["gates_out"], train["cs_out"] = np.empty((T, 1, G), np.float32), np.empty((T, 1, H), np.float32)
+    k.lstm_forward(*infer.values())
+    k.lstm_forward(*train.values())
+    for name in ("y_out", "hT_out", "cT_out"):
+        np.testing.assert_array_equal(infer[name], train[name], err_msg=name)
+    ref = copy_args(infer)
+    lstm_ref.lstm_forward(*ref.values())
+    np.testing.assert_allclose(infer["y_out"], ref["y_out"], **TOL[np.float32])

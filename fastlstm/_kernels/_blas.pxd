@@ -9,7 +9,6 @@
                       matrix-vector products (rows <= GEMV_MAX_ROWS), else gemm.
 """
 from cython cimport floating
-from libc.stdlib cimport malloc
 
 cdef enum Trans:
     NO_TRANS = 0
@@ -30,6 +29,8 @@ cdef void gemv(Trans ta, int m, int n, floating alpha, const floating* a, int ld
 cdef extern from *:
     """
     #include <stddef.h>
+    #include <stdint.h>
+    #include <stdlib.h>
     #include <string.h>
     #if defined(__AVX2__) && defined(__FMA__)
     #include <immintrin.h>
@@ -37,6 +38,18 @@ cdef extern from *:
     #else
     #define FL_PACKED_GEMM 0
     #endif
+
+    /* a buffer for packed weights, 64-byte aligned: every 32-byte load of a panel row stays within one cache line
+       (malloc's 16-byte alignment splits half of them across two lines: 10-15% slower batch-1 steps); from malloc
+       (aligned_alloc maps large blocks anew on every call: page faults). fl_free() it. */
+    static void *fl_alloc(size_t bytes) {
+        unsigned char *raw = (unsigned char *)malloc(bytes + 64), *p;
+        if (raw == NULL) return NULL;
+        p = (unsigned char *)(((uintptr_t)raw + 64) & ~(uintptr_t)63);   /* >= 8 bytes past raw: room for it */
+        ((void **)p)[-1] = raw;
+        return p;
+    }
+    static void fl_free(void *p) { if (p != NULL) free(((void **)p)[-1]); }
 
     /* floats for W (K x N) packed: ceil(N / 16) panels of K rows x 16 columns, then FL_APACK floats of
        scratch where fl_gemm_packed packs row blocks of A */
@@ -250,8 +263,31 @@ cdef extern from *:
         (void)K; (void)N; (void)x; (void)Wp; (void)y;
     #endif
     }
+
+    /* ---- batch-1 steps over unit-interleaved panels ----
+       W (K x ngates*H: gate blocks of H columns) repacked so that panel q holds the columns of units
+       16q..16q+15 of every gate, gate after gate (16 columns each, zero past H): K rows of 16 * ngates floats.
+       A step then finishes a panel's 16 units (their gate pass) right after the panel's product, and the
+       out-of-order core overlaps that arithmetic with the loads of the next panel. */
+    static size_t fl_units_size(int K, int H, int ngates) { return (size_t)K * 16 * ngates * ((H + 15) / 16); }
+
+    static void fl_pack_units(int K, int H, int ngates, const float *W, int ldw, float *Wp) {
+        int width = 16 * ngates;
+        for (int q = 0; q < (H + 15) / 16; q++) {
+            float *dst = Wp + (size_t)q * K * width;
+            int u0 = 16 * q, nu = H - u0 < 16 ? H - u0 : 16;
+            for (int k = 0; k < K; k++)
+                for (int g = 0; g < ngates; g++)
+                    for (int j = 0; j < 16; j++)
+                        dst[(size_t)k * width + 16 * g + j] = j < nu ? W[(size_t)k * ldw + (size_t)g * H + u0 + j] : 0.0f;
+        }
+    }
     """
     int FL_PACKED_GEMM
+    void* fl_alloc(size_t bytes) noexcept nogil
+    void fl_free(void* p) noexcept nogil
+    size_t fl_units_size(int K, int H, int ngates) noexcept nogil
+    void fl_pack_units(int K, int H, int ngates, const float* W, int ldw, float* Wp) noexcept nogil
     size_t fl_packed64_size(int K, int N) noexcept nogil
     void fl_pack64(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemv_packed64(int K, int N, const float* x, const float* Wp, float* y) noexcept nogil
@@ -271,17 +307,17 @@ cdef enum:
 cdef inline float* pack_weights(int K, int N, const floating* w, int ldw, bint trans, Py_ssize_t rows,
                                 Py_ssize_t uses=2) noexcept nogil:
     """A packed copy of op(W) (K x N; trans: W is stored N x K) for matmul_acc with `rows` rows in A, used
-    `uses` times, when a packed path applies and malloc succeeds; else NULL. free() it.
+    `uses` times, when a packed path applies and the allocation succeeds; else NULL. fl_free() it.
     float32 built with AVX2/FMA only: 16-column panels for 1 < rows < PACKED_MAX_ROWS; 64-column panels for
     one row when uses >= ROWVEC_MIN_USES (packing costs a few products, so a short sequence goes without)."""
     cdef float *wp = NULL
     if floating is float:
         if FL_PACKED_GEMM and rows == 1 and uses >= ROWVEC_MIN_USES:
-            wp = <float*>malloc(fl_packed64_size(K, N) * sizeof(float))
+            wp = <float*>fl_alloc(fl_packed64_size(K, N) * sizeof(float))
             if wp != NULL:
                 fl_pack64(K, N, w, ldw, trans, wp)
         elif FL_PACKED_GEMM and 1 < rows < PACKED_MAX_ROWS:
-            wp = <float*>malloc(fl_packed_size(K, N) * sizeof(float))
+            wp = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
             if wp != NULL:
                 fl_pack(K, N, w, ldw, trans, wp)
     return wp

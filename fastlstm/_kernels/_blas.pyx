@@ -7,7 +7,6 @@ Row-major C = op(A) @ op(B) has the memory of column-major C^T = op(B)^T @ op(A)
 routine gets B first and m, n swapped; a row-major A (m, n) is a column-major (n, m) matrix, so gemv
 flips the transpose flag. Leading dimensions are row strides in elements, as in row-major C.
 """
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 cimport numpy as cnp
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
@@ -67,7 +66,7 @@ def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1]
     cdef int M = a.shape[0], K = a.shape[1], N = w.shape[1], r
     cdef float *wp = NULL
     if packed and FL_PACKED_GEMM:
-        wp = <float*>malloc(fl_packed_size(K, N) * sizeof(float))
+        wp = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
     with nogil:
         if wp != NULL:
             fl_pack(K, N, &w[0, 0], N, 0, wp)
@@ -78,7 +77,7 @@ def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1]
                 matmul_acc(M, N, K, &a[0, 0], K, &w[0, 0], N, False, NULL, &c[0, 0], N)
             else:
                 gemm(NO_TRANS, NO_TRANS, M, N, K, <float>1, &a[0, 0], K, &w[0, 0], N, <float>1, &c[0, 0], N)
-    free(wp)
+    fl_free(wp)
     return c
 
 
@@ -92,14 +91,14 @@ cdef class Packed64:
         self.K, self.N = <int>w.shape[0], <int>w.shape[1]
         if self.K < 1 or self.N < 1:
             raise ValueError(f"Packed64 needs a non-empty matrix, got shape ({self.K}, {self.N})")
-        self.data = <float*>malloc(fl_packed64_size(self.K, self.N) * sizeof(float))
+        self.data = <float*>fl_alloc(fl_packed64_size(self.K, self.N) * sizeof(float))
         if self.data == NULL:
             raise MemoryError()
         with nogil:
             fl_pack64(self.K, self.N, &w[0, 0], self.N, 0, self.data)
 
     def __dealloc__(self):
-        free(self.data)
+        fl_free(self.data)
 
 
 cdef class Stepper:

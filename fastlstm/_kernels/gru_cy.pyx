@@ -26,7 +26,7 @@ from cython cimport floating
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
-from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, fl_gemv_packed64,
+from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, fl_free, fl_gemv_packed64,
                                       gemm, matmul_acc, pack_weights)
 
 cdef enum:
@@ -181,7 +181,7 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
     if I > 0:
         wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
         matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
-        free(wx_packed)
+        fl_free(wx_packed)
     for k in range(T):
         t = _step(k, T, reverse)
         zt = z_ws + t * B * G
@@ -229,8 +229,8 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
                     _copy(yt + bi * H, h_prev + bi * H, H)
         h_prev = yt
     _copy(hT, h_prev, B * H)
-    free(wp_a)
-    free(wp_n)
+    fl_free(wp_a)
+    fl_free(wp_n)
 
 
 def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
@@ -415,8 +415,8 @@ cdef void _gru_backward(const floating* x, const floating* w_x, const floating* 
                                       dzt + bi * G, dhzt + bi * G, db_x, db_h, codes, ab, clip, H)
             # dh += dhz_t[:, :2H] @ w_h[:, :2H]^T
             matmul_acc(<int>B, <int>H, <int>(2 * H), dhzt, <int>G, w_h, <int>G, True, wp_a, dh, <int>H)
-    free(wp_a)
-    free(wp_n)
+    fl_free(wp_a)
+    fl_free(wp_n)
     # dw_x += x^T @ dz   over all T*B rows;  dx = dz @ w_x^T   (neither for a projected input, I == 0)
     if I > 0:
         gemm(TRANS, NO_TRANS, <int>I, <int>G, <int>(T * B), <floating>1, x, <int>I, dz_ws, <int>G,

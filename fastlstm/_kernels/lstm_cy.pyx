@@ -16,7 +16,9 @@ dh_prev = dz @ w_h^T; at the end dx as one GEMM over all T*B rows and [dw_x; dw_
 [x, h_prev]^T @ dz (one pass over dz; [x, h_prev] copied chunk by chunk into a scratch).
 The per-step products go through _blas.matmul_acc: a GEMV when B == 1; for float32 and 1 < B < 128 a
 register-tile kernel on w_h (w_h^T in backward) packed once per call (one malloc of the size of w_h,
-freed on return); otherwise BLAS gemm.
+freed on return); otherwise BLAS gemm. A batch-1 float32 inference with the default gate pass (T >= 8) instead
+packs w_h by units (16 units of the four gates per panel) and runs fl_lstm_units_step, which overlaps each panel's
+gate pass with the next panel's product (software pipelining; same arithmetic bit for bit).
 
 Two gate passes: the default activations (sigmoid, tanh, tanh) without peepholes, clip or input_forget
 take one fused loop per row that gcc vectorises; anything else takes the general pass, which works on
@@ -32,8 +34,125 @@ from cython cimport floating
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
-from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, fl_gemv_packed64,
-                                      gemm, matmul_acc, pack_weights)
+from fastlstm._kernels._vecact cimport FL_VECACT
+from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, ROWVEC_MIN_USES, TRANS, Packed64,
+                                      Stepper, fl_alloc, fl_free, fl_gemv_packed64, fl_pack_units, fl_units_size, gemm,
+                                      matmul_acc, pack_weights)
+
+cdef extern from *:
+    """
+    #if FL_VECACT && FL_PACKED_GEMM
+    /* One batch-1 inference step with the default activations over W (K x 4H) packed by fl_pack_units
+       (panel q: units 16q..16q+15 of the gates i, f, g, o; 16 columns each):
+           z = zx + a @ W;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g);  c = f c_prev + i g;  h = o tanh(c)
+       The step is bound by W streaming from L2; the gate pass is a chain of dependent divisions and polynomials.
+       Software pipelining overlaps them: the gate pass of a panel's 16 units runs in stages spread between the
+       eighths of the next panel's product (the out-of-order window alone, about 256 instructions, cannot reach
+       across a whole panel). The arithmetic is the same as _fwd_row_fast's, bit for bit. Panels run last to
+       first when `back` (alternate it per step: the new sweep starts on the panel still in L1).
+       h_out must not alias a; c_out may be c_prev. */
+    static void fl_lstm_units_step(int K, const float *a, const float *Wu, const float *zx, const float *c_prev,
+                                   float *c_out, float *h_out, int H, int back) {
+        int nq = (H + 15) / 16, pu0 = -1;
+        __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), m0 = lane, m1 = lane;
+        float pend[64] __attribute__((aligned(32)));  /* the previous panel: z, then gates, per 8 units */
+        for (int qq = 0; qq <= nq; qq++) {
+            int has = qq < nq, q = back ? nq - 1 - qq : qq, u0 = 16 * q, nu = H - u0 < 16 ? H - u0 : 16;
+            __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+            const float *w = Wu + (size_t)q * K * 64;
+            __m256i n0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nu), lane);
+            __m256i n1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nu - 8), lane);
+            if (has) {
+                const float *zq = zx + u0;
+                if (nu == 16) {
+                    c0 = _mm256_loadu_ps(zq); c1 = _mm256_loadu_ps(zq + 8);
+                    c2 = _mm256_loadu_ps(zq + H); c3 = _mm256_loadu_ps(zq + H + 8);
+                    c4 = _mm256_loadu_ps(zq + 2 * H); c5 = _mm256_loadu_ps(zq + 2 * H + 8);
+                    c6 = _mm256_loadu_ps(zq + 3 * H); c7 = _mm256_loadu_ps(zq + 3 * H + 8);
+                } else {
+                    c0 = _mm256_maskload_ps(zq, n0); c1 = _mm256_maskload_ps(zq + 8, n1);
+                    c2 = _mm256_maskload_ps(zq + H, n0); c3 = _mm256_maskload_ps(zq + H + 8, n1);
+                    c4 = _mm256_maskload_ps(zq + 2 * H, n0); c5 = _mm256_maskload_ps(zq + 2 * H + 8, n1);
+                    c6 = _mm256_maskload_ps(zq + 3 * H, n0); c7 = _mm256_maskload_ps(zq + 3 * H + 8, n1);
+                }
+            }
+            for (int s = 0; s < 8; s++) {
+                if (has) {
+                    /* eighth s of the product: the rows k0 <= k < k1 */
+                    const float *wk = w + (size_t)(s * K / 8) * 64;
+                    for (int k = s * K / 8; k < (s + 1) * K / 8; k++, wk += 64) {
+                        _mm_prefetch((const char *)(wk + 512), _MM_HINT_T0);
+                        _mm_prefetch((const char *)(wk + 512 + 16), _MM_HINT_T0);
+                        _mm_prefetch((const char *)(wk + 512 + 32), _MM_HINT_T0);
+                        _mm_prefetch((const char *)(wk + 512 + 48), _MM_HINT_T0);
+                        __m256 ak = _mm256_broadcast_ss(a + k);
+                        c0 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk), c0);
+                        c1 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 8), c1);
+                        c2 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 16), c2);
+                        c3 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 24), c3);
+                        c4 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 32), c4);
+                        c5 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 40), c5);
+                        c6 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 48), c6);
+                        c7 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 56), c7);
+                    }
+                }
+                if (pu0 < 0)
+                    continue;
+                /* stage s of the previous panel's gate pass (pend: z_i, z_f, z_g, z_o, 16 each) */
+                switch (s) {
+                    case 0: case 1: case 3: {       /* i, f, o = sigmoid */
+                        int g = s == 3 ? 48 : 16 * s;
+                        _mm256_store_ps(pend + g, fl_sigmoid8(_mm256_load_ps(pend + g)));
+                        _mm256_store_ps(pend + g + 8, fl_sigmoid8(_mm256_load_ps(pend + g + 8)));
+                        break;
+                    }
+                    case 2:                         /* g = tanh */
+                        _mm256_store_ps(pend + 32, fl_tanh8(_mm256_load_ps(pend + 32)));
+                        _mm256_store_ps(pend + 40, fl_tanh8(_mm256_load_ps(pend + 40)));
+                        break;
+                    case 4: {                       /* c = f c_prev + i g  (into the f slots and c_out) */
+                        __m256 cp0 = _mm256_maskload_ps(c_prev + pu0, m0), cp1 = _mm256_maskload_ps(c_prev + pu0 + 8, m1);
+                        __m256 cn0 = _mm256_add_ps(_mm256_mul_ps(_mm256_load_ps(pend + 16), cp0),
+                                                   _mm256_mul_ps(_mm256_load_ps(pend), _mm256_load_ps(pend + 32)));
+                        __m256 cn1 = _mm256_add_ps(_mm256_mul_ps(_mm256_load_ps(pend + 24), cp1),
+                                                   _mm256_mul_ps(_mm256_load_ps(pend + 8), _mm256_load_ps(pend + 40)));
+                        _mm256_maskstore_ps(c_out + pu0, m0, cn0);
+                        _mm256_maskstore_ps(c_out + pu0 + 8, m1, cn1);
+                        _mm256_store_ps(pend + 16, cn0);
+                        _mm256_store_ps(pend + 24, cn1);
+                        break;
+                    }
+                    case 5:                         /* tanh(c) into the g slots */
+                        _mm256_store_ps(pend + 32, fl_tanh8(_mm256_load_ps(pend + 16)));
+                        _mm256_store_ps(pend + 40, fl_tanh8(_mm256_load_ps(pend + 24)));
+                        break;
+                    case 6:                         /* h = o tanh(c) */
+                        _mm256_maskstore_ps(h_out + pu0, m0, _mm256_mul_ps(_mm256_load_ps(pend + 48), _mm256_load_ps(pend + 32)));
+                        _mm256_maskstore_ps(h_out + pu0 + 8, m1, _mm256_mul_ps(_mm256_load_ps(pend + 56), _mm256_load_ps(pend + 40)));
+                        break;
+                    default:
+                        break;
+                }
+            }
+            if (has) {
+                _mm256_store_ps(pend, c0); _mm256_store_ps(pend + 8, c1); _mm256_store_ps(pend + 16, c2);
+                _mm256_store_ps(pend + 24, c3); _mm256_store_ps(pend + 32, c4); _mm256_store_ps(pend + 40, c5);
+                _mm256_store_ps(pend + 48, c6); _mm256_store_ps(pend + 56, c7);
+                pu0 = u0;
+                m0 = n0;
+                m1 = n1;
+            }
+        }
+    }
+    #else
+    static void fl_lstm_units_step(int K, const float *a, const float *Wu, const float *zx, const float *c_prev,
+                                   float *c_out, float *h_out, int H, int back) {
+        (void)K; (void)a; (void)Wu; (void)zx; (void)c_prev; (void)c_out; (void)h_out; (void)H; (void)back;
+    }
+    #endif
+    """
+    void fl_lstm_units_step(int K, const float* a, const float* Wu, const float* zx, const float* c_prev,
+                            float* c_out, float* h_out, int H, int back) noexcept nogil
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -166,9 +285,19 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     cdef floating *yt
     cdef floating *ct
     cdef floating *gt = NULL
-    # w_h packed once for the per-step products (float32, small batches; NULL otherwise)
-    cdef float *w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
+    # w_h packed once for the per-step products (float32, small batches; NULL otherwise): for a batch-1
+    # inference with the default gate pass in unit-interleaved panels (fl_lstm_units_step), else by pack_weights
+    cdef bint units = (floating is float and FL_VECACT and FL_PACKED_GEMM and B == 1 and fast and not training
+                       and T >= ROWVEC_MIN_USES)
+    cdef float *w_packed = NULL
     cdef float *wx_packed = NULL
+    if units:
+        w_packed = <float*>fl_alloc(fl_units_size(<int>H, <int>H, 4) * sizeof(float))
+        units = w_packed != NULL
+        if units:
+            fl_pack_units(<int>H, <int>H, 4, <const float*>w_h, <int>G, w_packed)
+    if not units:
+        w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
     if I == 0:
         # projected input: z_ws holds x @ w_x already;  z_ws += b
         for r in range(T * B):
@@ -181,7 +310,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         # never waits on BLAS worker threads)
         wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
         matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
-        free(wx_packed)
+        fl_free(wx_packed)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
@@ -194,6 +323,15 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
             gt = gates_out + t * B * G
         else:
             ct = cT
+        if floating is float:
+            if units:
+                if mask == NULL or mask[t] != 0:
+                    fl_lstm_units_step(<int>H, h_prev, w_packed, zt, c_prev, ct, yt, <int>H, k & 1)
+                else:
+                    _copy(yt, h_prev, H)          # a masked step keeps the state
+                h_prev = yt
+                c_prev = ct
+                continue
         # z_ws[t] += h_prev @ w_h
         matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, w_packed, zt, <int>G)
         for bi in range(B):
@@ -212,7 +350,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     _copy(hT, h_prev, B * H)
     if training:
         _copy(cT, c_prev, B * H)
-    free(w_packed)
+    fl_free(w_packed)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
@@ -386,7 +524,7 @@ cdef void _lstm_backward(const floating* x, const floating* w_x, const floating*
                                  dc + bi * H, dzt + bi * G, db, p, dp, codes, ab, clip, input_forget, H)
         # dh += dz_t @ w_h^T   (valid rows were zeroed: dh_prev = dz @ w_h^T; masked rows add dz = 0)
         matmul_acc(<int>B, <int>H, <int>G, dzt, <int>G, w_h, <int>G, True, w_packed, dh, <int>H)
-    free(w_packed)
+    fl_free(w_packed)
     # dx = dz @ w_x^T   (none for a projected input, I == 0)
     if I > 0:
         gemm(NO_TRANS, TRANS, <int>(T * B), <int>I, <int>G, <floating>1, dz_ws, <int>G, w_x, <int>G,
