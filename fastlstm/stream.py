@@ -23,6 +23,7 @@ zeros with zero_output_for_mask). Bidirectional and go_backwards layers need the
 """
 import numpy as np
 
+from ._kernels import packs_kw
 from .backend import get_backend
 from .layers.recurrent import GRU, LSTM, RNN, Bidirectional
 
@@ -115,9 +116,9 @@ class _RecurrentStep:
             return y
         p, s, out = self.params, self.states, self.spare
         if self.kind == "lstm":
-            get_backend().lstm_forward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], s[0], s[1], m, p["act_codes"],
-                                       p["act_ab"], 0.0, False, False, z_ws, y, out[0], out[1], self.none3,
-                                       self.none3)
+            kern = get_backend()
+            kern.lstm_forward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], s[0], s[1], m, p["act_codes"], p["act_ab"],
+                              0.0, False, False, z_ws, y, out[0], out[1], self.none3, self.none3, **packs_kw(kern, p))
         elif self.kind == "gru":
             get_backend().gru_forward(x_tm, p["w_x"], p["w_h"], p["b_x"], p["b_h"], s[0], m, p["act_codes"],
                                       p["act_ab"], 0.0, self.layer.reset_after, False, z_ws, hz_ws, y, out[0],

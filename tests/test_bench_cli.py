@@ -63,8 +63,8 @@ def test_broken_kernel_fails_verification_and_is_not_timed(tmp_path, monkeypatch
     k = _kernels.get_backend(be)
     real = k.lstm_forward
 
-    def wrong_forward(*args):
-        real(*args)
+    def wrong_forward(*args, **kw):
+        real(*args, **kw)
         np.multiply(args[14], 1.001, out=args[14])      # y_out a little off: fast and wrong
     monkeypatch.setattr(k, "lstm_forward", wrong_forward)
     rc, res, _ = _bench(tmp_path, "--workloads", TINY, "--backends", f"reference,{be}", "--png", "")
@@ -84,8 +84,8 @@ def test_broken_kernel_fails_model_workload(tmp_path, monkeypatch):
     monkeypatch.delattr(k, "Packed64", raising=False)       # no packed stepper: the session calls lstm_forward
     real = k.lstm_forward
 
-    def wrong_forward(*args):
-        real(*args)
+    def wrong_forward(*args, **kw):
+        real(*args, **kw)
         args[15][0, 0] += 0.1                           # one state element off
     monkeypatch.setattr(k, "lstm_forward", wrong_forward)
     rc, res, _ = _bench(tmp_path, "--workloads", "stream_step_b1_h128", "--backends", "numba", "--png", "")

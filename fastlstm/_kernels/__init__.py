@@ -71,12 +71,25 @@ def get_backend(name="auto"):
             _cache[name].LSTMStepper = lstm_mod.LSTMStepper
             _cache[name].GRUStepper = gru_mod.GRUStepper
             _cache[name].Packed64 = _blas.Packed64
+            _cache[name].WeightPacks = _blas.WeightPacks
             try:                 # compiled Embedding -> recurrent -> Dense chain steps (stream.py)
                 from .chain_cy import ChainStepper
                 _cache[name].ChainStepper = ChainStepper
             except ImportError:
                 pass
     return _cache[name]
+
+
+def packs_kw(kernels, holder):
+    """Keyword arguments for kernels.lstm_forward / gru_forward: {"packs": a _blas.WeightPacks kept in `holder`} for
+    the Cython backend, else {}. `holder` is a dict the caller drops whenever its weights change (a layer's cast
+    weights), since the packed copies are made once from the arrays it passes."""
+    if kernels.name != "cython":
+        return {}
+    packs = holder.get("packs")
+    if packs is None:
+        packs = holder["packs"] = kernels.WeightPacks()
+    return {"packs": packs}
 
 
 def cython_built():

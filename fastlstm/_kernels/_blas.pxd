@@ -103,12 +103,18 @@ cdef extern from *:
     }
     #endif
 
-    /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack into Wp (whose
-       scratch tail is overwritten) */
-    static void fl_gemm_packed(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc) {
+    /* floats of A scratch fl_gemm_packed_ws needs for M rows of K: at most FL_APACK (see the blocking below) */
+    static size_t fl_apack_size(int M, int K) {
+        size_t need = (size_t)((M + 5) / 6 * 6) * (size_t)(K < 384 ? K : 384);
+        return need < FL_APACK ? need : FL_APACK;
+    }
+
+    /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack into Wp; Ap: scratch of
+       fl_apack_size(M, K) floats */
+    static void fl_gemm_packed_ws(int M, int N, int K, const float *A, int lda, const float *Wp, float *Ap, float *C,
+                                  int ldc) {
     #if FL_PACKED_GEMM
         float tmp[6 * 16];
-        float *Ap = (float *)Wp + fl_packed_size(K, N) - FL_APACK;   /* scratch after the panels */
         int np = (N + 15) / 16;
         /* K in equal chunks of at most 384 (a panel chunk, <= 24 KiB, stays in L1 while the row tiles pass over
            it), rows in equal blocks of at most 32768 / kc (their packed A, <= 128 KiB, stays in L2) */
@@ -158,8 +164,13 @@ cdef extern from *:
             }
         }
     #else
-        (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Wp; (void)C; (void)ldc;
+        (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Wp; (void)Ap; (void)C; (void)ldc;
     #endif
+    }
+
+    /* the same with the scratch in the tail of a buffer from fl_packed_size (a pack used by one call at a time) */
+    static void fl_gemm_packed(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc) {
+        fl_gemm_packed_ws(M, N, K, A, lda, Wp, (float *)Wp + fl_packed_size(K, N) - FL_APACK, C, ldc);
     }
 
     #if FL_PACKED_GEMM
@@ -284,6 +295,7 @@ cdef extern from *:
     }
     """
     int FL_PACKED_GEMM
+    size_t FL_APACK
     void* fl_alloc(size_t bytes) noexcept nogil
     void fl_free(void* p) noexcept nogil
     size_t fl_units_size(int K, int H, int ngates) noexcept nogil
@@ -295,6 +307,9 @@ cdef extern from *:
     void fl_pack(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemm_packed(int M, int N, int K, const float* A, int lda, const float* Wp, float* C,
                         int ldc) noexcept nogil
+    size_t fl_apack_size(int M, int K) noexcept nogil
+    void fl_gemm_packed_ws(int M, int N, int K, const float* A, int lda, const float* Wp, float* Ap, float* C,
+                           int ldc) noexcept nogil
     void fl_gemv_rowvec(int K, int N, const float* x, const float* W, int ldw, float* y) noexcept nogil
 
 
@@ -353,6 +368,34 @@ cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, con
     else:
         # C += A @ op(W)
         gemm(NO_TRANS, TRANS if trans_w else NO_TRANS, M, N, K, <floating>1, a, lda, w, ldw, <floating>1, c, ldc)
+
+
+cdef inline bint input_panels(Py_ssize_t rows) noexcept nogil:
+    """Whether an input GEMM (rows = T * B) runs on w_x packed in 16-column panels (the kernels' rule)."""
+    return FL_PACKED_GEMM and GEMV_MAX_ROWS < rows < PACKED_MAX_ROWS
+
+
+cdef inline void matmul_panels(int M, int N, int K, const float* a, int lda, const float* w, int ldw,
+                               const float* wp, float* c, int ldc) noexcept nogil:
+    """C (M x N) += A (M x K) @ W, W (K x N) given also as wp, packed by fl_pack without the scratch tail
+    (WeightPacks.panels, shared between threads): the A scratch is allocated here. gemm if that fails."""
+    cdef float *ap = <float*>fl_alloc(fl_apack_size(M, K) * sizeof(float))
+    if ap != NULL:
+        fl_gemm_packed_ws(M, N, K, a, lda, wp, ap, c, ldc)
+        fl_free(ap)
+    else:
+        gemm(NO_TRANS, NO_TRANS, M, N, K, <float>1, a, lda, w, ldw, <float>1, c, ldc)
+
+
+cdef class WeightPacks:
+    """Packed copies of float32 weight matrices kept across kernel calls, for a caller whose weights do not change
+    between calls (a layer keeps one with its cast weights and drops both when its weights change). Each copy is
+    made on first request (with the GIL held) and only read after that, so threads share them. Keyed by the
+    source address, shape and layout: the caller must keep the source arrays alive and unchanged."""
+    cdef dict _bufs
+    cdef float* _get(self, int kind, const float* w, int K, int N, int ldw, int ngates)
+    cdef float* units(self, const float* w, int K, int H, int ngates, int ldw)
+    cdef float* panels(self, const float* w, int K, int N, int ldw)
 
 
 cdef class Packed64:

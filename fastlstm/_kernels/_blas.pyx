@@ -81,6 +81,55 @@ def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1]
     return c
 
 
+cdef class _Buffer:
+    """An fl_alloc buffer owned by a Python object."""
+    cdef float *data
+
+    def __dealloc__(self):
+        fl_free(self.data)
+
+
+cdef class WeightPacks:
+    """See _blas.pxd. units(): fl_pack_units (batch-1 steps); panels(): 16-column panels without the scratch tail
+    (matmul_panels). Both return NULL when the packed paths are not built or memory runs out (the kernels then
+    pack per call, or not at all)."""
+
+    def __cinit__(self):
+        self._bufs = {}
+
+    cdef float* _get(self, int kind, const float* w, int K, int N, int ldw, int ngates):
+        cdef _Buffer buf
+        key = (kind, <size_t>w, K, N, ldw, ngates)
+        buf = self._bufs.get(key)
+        if buf is not None:
+            return buf.data
+        if not FL_PACKED_GEMM:
+            return NULL
+        buf = _Buffer()
+        if kind == 0:
+            buf.data = <float*>fl_alloc(fl_units_size(K, N, ngates) * sizeof(float))
+            if buf.data != NULL:
+                fl_pack_units(K, N, ngates, w, ldw, buf.data)
+        else:
+            buf.data = <float*>fl_alloc((fl_packed_size(K, N) - FL_APACK) * sizeof(float))
+            if buf.data != NULL:
+                fl_pack(K, N, w, ldw, 0, buf.data)
+        if buf.data != NULL:
+            self._bufs[key] = buf
+        return buf.data
+
+    cdef float* units(self, const float* w, int K, int H, int ngates, int ldw):
+        """w (K x ngates*H, row stride ldw) packed by fl_pack_units"""
+        return self._get(0, w, K, H, ldw, ngates)
+
+    cdef float* panels(self, const float* w, int K, int N, int ldw):
+        """w (K x N, row stride ldw) in 16-column panels, for matmul_panels"""
+        return self._get(1, w, K, N, ldw, 0)
+
+    def __len__(self):
+        return len(self._bufs)
+
+
 cdef class Packed64:
     """W (K x N, float32, C-contiguous) packed in 64-column panels; see _blas.pxd. Needs the AVX2/FMA build
     (FL_PACKED_GEMM): without it the constructor raises RuntimeError and callers take the general kernels."""

@@ -36,8 +36,8 @@ from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_
 from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
 from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, ROWVEC_MIN_USES, TRANS, Packed64,
-                                      Stepper, fl_alloc, fl_free, fl_gemv_packed64, fl_pack_units, fl_units_size, gemm,
-                                      matmul_acc, pack_weights)
+                                      Stepper, WeightPacks, fl_alloc, fl_free, fl_gemv_packed64, fl_pack_units,
+                                      fl_units_size, gemm, input_panels, matmul_acc, matmul_panels, pack_weights)
 
 cdef extern from *:
     """
@@ -270,15 +270,29 @@ cdef void _fwd_row_general(floating* z, const floating* c_prev, const floating* 
                 _copy(c_out + j0, cp, n)
 
 
+cdef inline bint _default_gates(const int* codes, bint peepholes, double clip, bint input_forget) noexcept nogil:
+    """sigmoid, tanh, tanh without peepholes, clip or input_forget: the fused gate passes"""
+    return (codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH and not peepholes and clip <= 0
+            and not input_forget)
+
+
+cdef inline bint _unit_steps(Py_ssize_t B, Py_ssize_t T, bint fast, bint training) noexcept nogil:
+    """float32 steps through fl_lstm_units_step: batch 1, inference, default gates, enough steps to repay the
+    packing"""
+    return FL_VECACT and FL_PACKED_GEMM and B == 1 and fast and not training and T >= ROWVEC_MIN_USES
+
+
 cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* w_h, const floating* b,
                         const floating* p, const floating* h0, const floating* c0, const unsigned char* mask,
                         const int* codes, const double* ab, floating clip, bint input_forget, bint reverse,
                         floating* z_ws, floating* y, floating* hT, floating* cT, floating* gates_out,
-                        floating* cs_out, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+                        floating* cs_out, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const float* wh_kept, const float* wx_kept) noexcept nogil:
+    """wh_kept: w_h packed by units when _unit_steps applies; wx_kept: w_x in 16-column panels when input_panels
+    applies (a WeightPacks' copies, see lstm_forward); else NULL: packed here when that pays."""
     cdef Py_ssize_t G = 4 * H, r, k, t, bi
     cdef bint training = gates_out != NULL, valid
-    cdef bint fast = (codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH and p == NULL
-                      and clip <= 0 and not input_forget)
+    cdef bint fast = _default_gates(codes, p != NULL, clip, input_forget)
     cdef const floating *h_prev = h0
     cdef const floating *c_prev = c0
     cdef floating *zt
@@ -287,17 +301,17 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     cdef floating *gt = NULL
     # w_h packed once for the per-step products (float32, small batches; NULL otherwise): for a batch-1
     # inference with the default gate pass in unit-interleaved panels (fl_lstm_units_step), else by pack_weights
-    cdef bint units = (floating is float and FL_VECACT and FL_PACKED_GEMM and B == 1 and fast and not training
-                       and T >= ROWVEC_MIN_USES)
+    cdef bint units = floating is float and _unit_steps(B, T, fast, training)
     cdef float *w_packed = NULL
     cdef float *wx_packed = NULL
-    if units:
+    if units and wh_kept == NULL:
         w_packed = <float*>fl_alloc(fl_units_size(<int>H, <int>H, 4) * sizeof(float))
         units = w_packed != NULL
         if units:
             fl_pack_units(<int>H, <int>H, 4, <const float*>w_h, <int>G, w_packed)
     if not units:
         w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
+    cdef const float *wh_steps = wh_kept if units and wh_kept != NULL else w_packed
     if I == 0:
         # projected input: z_ws holds x @ w_x already;  z_ws += b
         for r in range(T * B):
@@ -308,9 +322,13 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
             _copy(z_ws + r * G, b, G)
         # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
         # never waits on BLAS worker threads)
-        wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
-        matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
-        fl_free(wx_packed)
+        if floating is float:
+            if wx_kept != NULL:
+                matmul_panels(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, wx_kept, z_ws, <int>G)
+        if wx_kept == NULL:
+            wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if input_panels(T * B) else NULL
+            matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
+            fl_free(wx_packed)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
@@ -326,7 +344,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         if floating is float:
             if units:
                 if mask == NULL or mask[t] != 0:
-                    fl_lstm_units_step(<int>H, h_prev, w_packed, zt, c_prev, ct, yt, <int>H, k & 1)
+                    fl_lstm_units_step(<int>H, h_prev, wh_steps, zt, c_prev, ct, yt, <int>H, k & 1)
                 else:
                     _copy(yt, h_prev, H)          # a masked step keeps the state
                 h_prev = yt
@@ -358,7 +376,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
                  const floating[:, ::1] c0, const unsigned char[:, ::1] mask, const int[::1] act_codes,
                  const double[:, ::1] act_ab, double clip, bint input_forget, bint reverse,
                  floating[:, :, ::1] z_ws, floating[:, :, ::1] y_out, floating[:, ::1] hT_out,
-                 floating[:, ::1] cT_out, floating[:, :, ::1] gates_out, floating[:, :, ::1] cs_out):
+                 floating[:, ::1] cT_out, floating[:, :, ::1] gates_out, floating[:, :, ::1] cs_out,
+                 WeightPacks packs=None):
     """LSTM over T steps. Same contract as lstm_ref.lstm_forward.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H)
@@ -370,10 +389,18 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
     cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
     cdef floating *g_ptr = &gates_out[0, 0, 0] if training else NULL
     cdef floating *cs_ptr = &cs_out[0, 0, 0] if training else NULL
+    cdef const float *wh_kept = NULL
+    cdef const float *wx_kept = NULL
+    if floating is float:
+        if packs is not None:
+            if _unit_steps(B, T, _default_gates(&act_codes[0], p_ptr != NULL, clip, input_forget), training):
+                wh_kept = packs.units(&w_h[0, 0], <int>H, <int>H, 4, <int>(4 * H))
+            if I > 0 and input_panels(T * B):
+                wx_kept = packs.panels(&w_x[0, 0], <int>I, <int>(4 * H), <int>(4 * H))
     with nogil:
         _lstm_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b[0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr,
                       &act_codes[0], &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0],
-                      &y_out[0, 0, 0], &hT_out[0, 0], &cT_out[0, 0], g_ptr, cs_ptr, T, B, I, H)
+                      &y_out[0, 0, 0], &hT_out[0, 0], &cT_out[0, 0], g_ptr, cs_ptr, T, B, I, H, wh_kept, wx_kept)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,8 +19,13 @@ ORIGINAL time order (reverse only changes the processing order), so a masked y[t
 
 Compute shape (every backend): one GEMM (T*B, I) @ (I, 4H) for all steps' input part, then per step one
 (B, H) @ (H, 4H) GEMM accumulated into that step's slice of z_ws, then one fused gate pass.
-After lstm_forward, z_ws holds every valid step's final pre-activations (bias, peepholes and clip applied);
-with training outputs, gates_out holds the activated i, f, g, o and cs_out the cell state after each step.
+After lstm_forward with training outputs, z_ws holds every valid step's final pre-activations (bias, peepholes and
+clip applied), gates_out the activated i, f, g, o and cs_out the cell state after each step. After an inference
+z_ws is scratch: a backend may leave only x_t @ w_x + b there (the Cython batch-1 steps do).
+
+The Cython backend's lstm_forward and gru_forward take one more, optional argument: packs, a _blas.WeightPacks
+that keeps packed copies of w_x and w_h across calls, for a caller whose weights stay the same arrays with the
+same values (see fastlstm._kernels.packs_kw).
 
 Projected input (I == 0: x (T, B, 0), w_x (0, 4H)): z_ws holds x_t @ w_x on entry, computed by the caller (an
 Embedding feeding the layer projects each distinct token once); the kernel adds b and runs the steps as usual.
@@ -48,7 +53,7 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
                  z_ws, y_out, hT_out, cT_out, gates_out, cs_out):
     """LSTM over T steps. Every backend implements exactly this contract.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
-    SCRATCH z_ws (T, B, 4H): on return, the final pre-activations of every valid step
+    SCRATCH z_ws (T, B, 4H): on return from training, the final pre-activations of every valid step
     OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) when training,
          else shape (0, 0, 0)
     """

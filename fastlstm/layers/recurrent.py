@@ -10,7 +10,7 @@ import copy
 import numpy as np
 
 from .. import activations, initializers
-from .._kernels import acts as kacts
+from .._kernels import acts as kacts, packs_kw
 from ..backend import get_backend
 from .base import Layer, float_dtype
 from .core import TokenRows, TokenRowsGrad
@@ -478,9 +478,9 @@ class LSTM(RNN):
         else:
             y, z_ws, gates, cs = ws["y"], ws["z"], ws["gates"], ws["cs"]
         w_x = p["w_x"] if x_tm.shape[2] else p["w_x"][:0]
-        get_backend().lstm_forward(x_tm, w_x, p["w_h"], p["b"], p["p"], states0[0], states0[1], m,
-                                   p["act_codes"], p["act_ab"], 0.0, False, self.go_backwards,
-                                   z_ws, y, hT, cT, gates, cs)
+        kern = get_backend()
+        kern.lstm_forward(x_tm, w_x, p["w_h"], p["b"], p["p"], states0[0], states0[1], m, p["act_codes"],
+                          p["act_ab"], 0.0, False, self.go_backwards, z_ws, y, hT, cT, gates, cs, **packs_kw(kern, p))
         return y, [hT, cT]
 
     def _kernel_backward(self, ctx, dy, dfinal):

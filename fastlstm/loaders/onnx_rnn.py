@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from .._kernels import acts
+from .._kernels import acts, packs_kw
 from ..backend import get_backend
 from .onnx_ops import op
 
@@ -346,9 +346,10 @@ class LstmNode(_RnnNode):
         hT, cT = np.empty((N, H), dt), np.empty((N, H), dt)
         codes, ab = self.acts[d]
         z = self._scratch((T, N, 4 * H), dt)
-        get_backend().lstm_forward(x, p["w_x"], p["w_h"], p["b"], p["p"], states[0], states[1], mask, codes, ab,
-                                   self.clip, self.input_forget, self.reverse or d == 1,
-                                   z, y, hT, cT, _none3(dt), _none3(dt))
+        kern = get_backend()
+        kern.lstm_forward(x, p["w_x"], p["w_h"], p["b"], p["p"], states[0], states[1], mask, codes, ab, self.clip,
+                          self.input_forget, self.reverse or d == 1, z, y, hT, cT, _none3(dt), _none3(dt),
+                          **packs_kw(kern, p))
         self._give_back(z)
         return y, [hT, cT]
 

@@ -1,0 +1,70 @@
+"""Packed weights kept across calls (_blas.WeightPacks via _kernels.packs_kw): the same numbers as packing per
+call, one packed copy per weight matrix and layout, and a layer whose weights change packs again."""
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm._kernels import get_backend, lstm_ref, packs_kw
+from fastlstm._kernels.args import copy_args, lstm_args
+
+from conftest import BACKENDS
+
+pytestmark = pytest.mark.skipif("cython" not in BACKENDS, reason="the Cython extension is not built")
+
+OUT = ("y_out", "hT_out", "cT_out")
+
+
+@pytest.mark.parametrize("shape", [(100, 1, 16, 24), (12, 1, 5, 66), (9, 3, 7, 8), (3, 1, 4, 4)], ids=str)
+@pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
+def test_kept_packs_give_the_per_call_results(shape, opts):
+    k = get_backend("cython")
+    args = lstm_args(*shape, np.float32, np.random.default_rng(3), **opts)
+    plain, kept = copy_args(args), copy_args(args)
+    k.lstm_forward(*plain.values())
+    holder = {}
+    for _ in range(3):          # the first call packs, the later ones reuse
+        k.lstm_forward(*kept.values(), **packs_kw(k, holder))
+        for n in OUT:
+            np.testing.assert_array_equal(kept[n], plain[n], err_msg=n)
+    T, B = shape[:2]
+    # batch 1 with T >= 8: the unit-packed w_h; 8 < T * B < 128 rows: w_x in panels
+    expected = int(B == 1 and T >= 8) + int(8 < T * B < 128)
+    assert len(holder["packs"]) == expected
+    ref = copy_args(args)
+    lstm_ref.lstm_forward(*ref.values())
+    np.testing.assert_allclose(kept["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
+
+
+def test_other_weight_arrays_get_their_own_packs():
+    k = get_backend("cython")
+    holder = {}
+    a = lstm_args(20, 1, 6, 8, np.float32, np.random.default_rng(0))
+    b = lstm_args(20, 1, 6, 8, np.float32, np.random.default_rng(1))
+    k.lstm_forward(*a.values(), **packs_kw(k, holder))
+    k.lstm_forward(*b.values(), **packs_kw(k, holder))
+    assert len(holder["packs"]) == 4
+    ref = copy_args(b)
+    lstm_ref.lstm_forward(*ref.values())
+    np.testing.assert_allclose(b["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
+
+
+def test_non_cython_backends_get_no_packs():
+    assert packs_kw(get_backend("reference"), {}) == {}
+
+
+def test_layer_packs_again_after_set_weights():
+    fastlstm.set_backend("cython")
+    try:
+        layer = fastlstm.layers.LSTM(8)
+        x = np.random.default_rng(0).standard_normal((1, 30, 5)).astype(np.float32)
+        y1 = layer(x)
+        w = [v * 1.5 for v in layer.get_weights()]
+        layer.set_weights(w)
+        y2 = layer(x)
+        ref = fastlstm.layers.LSTM(8)
+        ref.set_weights(w)
+        fastlstm.set_backend("reference")
+        np.testing.assert_allclose(y2, ref(x), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(y1, y2)
+    finally:
+        fastlstm.set_backend("auto")
