@@ -131,6 +131,47 @@ def test_lstm_nan_input_propagates(backend):
     assert np.isnan(y[2:, 1]).all() and np.isfinite(y[:, [0, 2]]).all() and np.isfinite(y[:2, 1]).all()
 
 
+def test_rectifiers_saturate_minus_inf_and_keep_nan():
+    """relu(-inf) = 0 (TF, onnxruntime: an overflowed pre-activation saturates), relu(NaN) = NaN (Keras)."""
+    z = np.array([-np.inf, -3e38, -0.0, 0.5, np.inf, np.nan], np.float32)
+    for code, alpha in ((acts.RELU, 0.0), (acts.THRESHOLDED_RELU, 1.0)):
+        a = acts.activate(code, alpha, 0.0, z)
+        np.testing.assert_array_equal(a, [0, 0, 0, 0.5 if code == acts.RELU else 0, np.inf, np.nan])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rectifier", [(acts.RELU, 0.0, 0.0), (acts.THRESHOLDED_RELU, 0.4, 0.0)], ids=["relu", "thr"])
+def test_candidate_overflow_to_minus_inf_saturates(backend, cell, dtype, rectifier):
+    """A rectifier candidate whose pre-activation is -inf gives 0 (its unit's state stays finite), one whose
+    pre-activation is NaN gives NaN (that unit at the first step, every unit after it through w_h), in every
+    backend, as the reference."""
+    T, B, I, H = 4, 3, 2, 5
+    rng = np.random.default_rng(7)
+    if cell == "lstm":
+        args = lstm_args(T, B, I, H, dtype, rng, act_specs=[(acts.SIGMOID, 0, 0), rectifier, rectifier])
+        bias, g = args["b"], 2                         # gate order i, f, g, o
+    else:
+        args = gru_args(T, B, I, H, dtype, rng, act_specs=[(acts.SIGMOID, 0, 0), rectifier])
+        bias, g = args["b_x"], 2                       # gate order z, r, n
+    bias[g * H + 1] = -np.inf                          # unit 1: candidate -inf at every step
+    bias[g * H + 3] = np.nan                           # unit 3: candidate NaN
+    fwd = lstm_ref.lstm_forward if cell == "lstm" else gru_ref.gru_forward
+    ref = copy_args(args)
+    fwd(*ref.values())
+    out = copy_args(args)
+    getattr(get_backend(backend), f"{cell}_forward")(*out.values())
+    y = out["y_out"]
+    assert np.isnan(y[0, :, 3]).all() and np.isfinite(np.delete(y[0], 3, axis=-1)).all() and np.isnan(y[1:]).all()
+    np.testing.assert_allclose(y, ref["y_out"], **TOL[dtype], err_msg=backend)
+    # without the NaN unit: every step finite
+    args[{"lstm": "b", "gru": "b_x"}[cell]][g * H + 3] = 0.5
+    out = copy_args(args)
+    getattr(get_backend(backend), f"{cell}_forward")(*out.values())
+    assert np.isfinite(out["y_out"]).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_split_time_with_carried_state_equals_one_run(backend):
     k = get_backend(backend)

@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import fastlstm  # noqa: E402
 from fastlstm.loaders.onnx import load_onnx_bytes  # noqa: E402
+
+from conftest import BACKENDS  # noqa: E402
 
 ACTIVATIONS = ["Sigmoid", "Tanh", "Relu", "Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid",
                "Elu", "Softsign", "Softplus"]
@@ -189,3 +192,51 @@ def test_activation_alpha_beta_consumed_in_order():
     assert check_case(c)
     c2 = dict(c, activations=["HardSigmoid", "Affine", "ScaledTanh"], alpha=[0.3, 0.7, 1.1], beta=[0.4, 0.1])
     assert check_case(c2)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")     # the reference's x @ W
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("N", [1, 2])
+@pytest.mark.parametrize("op, acts, lbr", [
+    ("GRU", ["Sigmoid", "Relu"], 0), ("GRU", ["Sigmoid", "Relu"], 1), ("GRU", ["Sigmoid", "ThresholdedRelu"], 1),
+    ("LSTM", ["Sigmoid", "Relu", "Relu"], 0), ("LSTM", ["Sigmoid", "ThresholdedRelu", "Tanh"], 0)],
+    ids=["gru_relu", "gru_relu_lbr", "gru_thresholded_lbr", "lstm_relu", "lstm_thresholded"])
+def test_overflowing_candidate_saturates_like_onnxruntime(backend, N, op, acts, lbr):
+    """Huge finite inputs and weights: the candidate's pre-activation x * W overflows to -inf and the rectifier
+    gives 0 (onnxruntime: max(x, 0)), so the state stays finite. Unit 0 overflows at every step, unit 1 has
+    pre-activations in the normal range; R = 0 keeps the units apart (no inf * 0 in the recurrent products)."""
+    fastlstm.set_backend(backend)
+    try:
+        T, H = 4, 2
+        n_gates = 3 if op == "GRU" else 4
+        cand = 2 if op == "GRU" else 3                 # the candidate's block: ONNX gate orders z, r, h / i, o, f, c
+        x = np.array([1.0, 2.0, 1.5, 3.0], np.float32)[:, None, None] * np.array([1.0, 2.0][:N], np.float32)[:, None]
+        x = (x * np.float32(1e20)).astype(np.float32)  # (T, N, 1), all positive
+        W = np.full((1, n_gates * H, 1), 1e-20, np.float32)
+        W[0, cand * H] = -1e25                         # unit 0: x * W = -1e45 -> -inf in float32
+        W[0, cand * H + 1] = 3e-21                     # unit 1: x * W of order 0.3 .. 1.8
+        B = np.zeros((1, 2 * n_gates * H), np.float32)
+        B[0, :n_gates * H] = np.tile(np.float32([0.3, -0.2]), n_gates)
+        arrays = dict(X=x, W=W, R=np.zeros((1, n_gates * H, H), np.float32), B=B,
+                      initial_h=np.array([[[0.5, -0.25]]] * N, np.float32).reshape(1, N, H))
+        attrs = dict(hidden_size=H, activations=acts)
+        if op == "GRU":
+            attrs["linear_before_reset"] = lbr
+        alpha = [0.5] if "ThresholdedRelu" in acts else []
+        if alpha:
+            attrs["activation_alpha"] = alpha
+        names = ["X", "W", "R", "B", "", "initial_h"]
+        node = helper.make_node(op, names, ["Y", "Y_h"], **attrs)
+        g = helper.make_graph([node], "rnn", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h")],
+                              [numpy_helper.from_array(arrays[n], n) for n in names[1:] if n])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+        m.ir_version = 8
+        data = m.SerializeToString()
+        expected = ort.InferenceSession(data, _SO, providers=["CPUExecutionProvider"]).run(None, {"X": x})
+        assert all(np.isfinite(e).all() for e in expected)
+        got = load_onnx_bytes(data, f"<{op} node>").predict(x)
+        for name, gv, e in zip(("Y", "Y_h"), got, expected):
+            np.testing.assert_allclose(gv, e, **TOL, err_msg=f"{backend}: {name}")
+    finally:
+        fastlstm.set_backend(fastlstm.config.BACKEND)

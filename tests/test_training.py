@@ -245,6 +245,50 @@ def test_nan_loss_stops_and_keeps_last_good_weights(rng):
         assert np.all(np.isfinite(a))
 
 
+def test_nan_loss_rolls_back_batchnorm_moving_statistics(rng):
+    """BatchNormalization's moving statistics (updated by the training forward, outside the optimizer) are rolled
+    back with the other weights: the model ends as one trained on batch 0 only, and a non-finite step alone
+    (first batch, train_on_batch) changes no weight."""
+    x = rng.normal(size=(32, 4, 3)).astype(np.float32)
+    y = rng.normal(size=(32, 1)).astype(np.float32)
+    x_bad = x.copy()
+    x_bad[16:24, 2] = np.nan                  # batch 2 (of 4) has a NaN loss
+
+    def make():
+        return fastlstm.Sequential([fastlstm.Input((None, 3)), L.LSTM(4, return_sequences=True),
+                                    L.BatchNormalization(momentum=0.5), L.LSTM(3), L.BatchNormalization(),
+                                    L.Dense(1)])
+    ref = make()
+    w0 = ref.get_weights()
+    m = make()
+    m.set_weights([w.copy() for w in w0])     # set_weights keeps the arrays given
+    m.compile("sgd", "mse")
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        m.fit(x_bad, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    ref.compile("sgd", "mse")
+    ref.fit(x[:8], y[:8], epochs=1, batch_size=8, shuffle=False, verbose=0)
+    names = [f"{lyr.name}/{n}" for lyr in m.layers for n in lyr.weight_names[:len(lyr.weights)]]
+    assert len(names) == len(w0) and sum("moving" in n for n in names) == 4
+    for name, a, b, a0 in zip(names, m.get_weights(), ref.get_weights(), w0):
+        assert np.all(np.isfinite(a)), name
+        npt.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
+        if "moving" in name:
+            assert not np.allclose(a, a0)       # batch 0's statistics are kept
+    assert np.all(np.isfinite(m.predict(x, verbose=0)))
+
+    for step in ("fit", "train_on_batch"):      # a NaN in the first batch: every weight stays as it was
+        m = make()
+        m.set_weights([w.copy() for w in w0])     # set_weights keeps the arrays given
+        m.compile("sgd", "mse")
+        with pytest.warns(RuntimeWarning, match="not finite"):
+            if step == "fit":
+                m.fit(x_bad[16:], y[16:], batch_size=8, shuffle=False, verbose=0)
+            else:
+                m.train_on_batch(x_bad[16:24], y[16:24])
+        for name, a, a0 in zip(names, m.get_weights(), w0):
+            npt.assert_array_equal(a, a0, err_msg=f"{step}: {name}")
+
+
 def test_dropout_active_in_training_only(rng):
     d = L.Dropout(0.5)
     x = np.ones((200, 50), np.float32)

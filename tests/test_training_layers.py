@@ -132,6 +132,56 @@ def test_conv1d_after_lstm(rng, conv_kw):
     check_gradients(m, x, rng.normal(size=(4, 2)), rng)
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("act, loss", [("sigmoid", "binary_crossentropy"), ("softmax", "categorical_crossentropy"),
+                                       ("softmax", "sparse_categorical_crossentropy")])
+def test_conv1d_sigmoid_softmax_output_scored_from_logits(rng, act, loss, data_format):
+    """A crossentropy on a sigmoid/softmax Conv1D output comes from its logits, as Keras 3 computes it (as for
+    Dense): the loss and the SGD step match float64 NumPy on the logits, where |z| ~ 50 and every label is on the
+    wrong side (the probability path clips at 1e-7: a loss near 16 and no gradient)."""
+    B, T, C, F, lr = 3, 6, 2, 3, 0.01
+    cf = data_format == "channels_first"
+    x = rng.normal(size=(B, C, T) if cf else (B, T, C)).astype(np.float32)
+    kernel = rng.normal(size=(2, C, F)).astype(np.float32)
+    kernel *= np.float32(50) / np.abs(kernel).sum(axis=(0, 1)).max()
+    bias = np.float32(45) * np.where(rng.random(F) < 0.5, np.float32(-1), np.float32(1))
+    m = fastlstm.Sequential([fastlstm.Input(x.shape[1:]),
+                             L.Conv1D(F, 2, padding="causal", activation=act, data_format=data_format)])
+    m.set_weights([kernel.copy(), bias.copy()])
+    m.compile(fastlstm.optimizers.SGD(learning_rate=lr), loss)
+    # float64 logits z (B, T, F) in channels_last, then the output's layout (softmax acts on its last axis)
+    x64 = np.swapaxes(x, 1, 2).astype(np.float64) if cf else x.astype(np.float64)
+    xp = np.concatenate([np.zeros((B, 1, C)), x64], axis=1)             # causal: one zero step on the left
+    z = xp[:, :-1] @ kernel[0] + xp[:, 1:] @ kernel[1] + bias
+    zo = np.swapaxes(z, 1, 2) if cf else z
+    if act == "sigmoid":
+        y = (zo < 0).astype(np.float32)                                   # every label on the wrong side
+        values = np.mean(np.maximum(zo, 0) - zo * y + np.log1p(np.exp(-np.abs(zo))), axis=-1)
+        dzo = (1 / (1 + np.exp(-zo)) - y) / zo.shape[-1]
+    else:
+        ids = np.argmin(zo, axis=-1)                                      # the least likely class
+        y = ids if loss.startswith("sparse") else np.eye(zo.shape[-1], dtype=np.float32)[ids]
+        log_p = zo - zo.max(axis=-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=-1, keepdims=True))
+        onehot = np.eye(zo.shape[-1])[ids]
+        values = -np.sum(onehot * log_p, axis=-1)
+        dzo = np.exp(log_p) - onehot
+    want_loss = values.mean()
+    assert want_loss > 25
+    dz = (np.swapaxes(dzo, 1, 2) if cf else dzo) / values.size
+    want_dkernel = np.stack([xp[:, j:T + j].reshape(-1, C).T @ dz.reshape(-1, F) for j in (0, 1)])
+    m._trainer.setup()
+    assert m._trainer.logit_node == [0]
+    # inference (before the step): probabilities over the output's last axis, where Keras applies the activation
+    probs = 1 / (1 + np.exp(-zo)) if act == "sigmoid" else np.exp(log_p)
+    npt.assert_allclose(m.predict(x, verbose=0), probs, rtol=1e-4, atol=1e-6)
+    npt.assert_allclose(m.evaluate(x, y, verbose=0), want_loss, rtol=1e-5)
+    npt.assert_allclose(m.train_on_batch(x, y), want_loss, rtol=1e-5)
+    k1, b1 = m.get_weights()
+    npt.assert_allclose((kernel - k1) / lr, want_dkernel, rtol=2e-3, atol=2e-4)
+    npt.assert_allclose((bias - b1) / lr, dz.sum(axis=(0, 1)), rtol=2e-3, atol=2e-4)
+
+
 def test_repeat_vector_seq2seq(rng):
     x = rng.normal(size=(4, 5, 3))
     m = prepare(fastlstm.Sequential([L.LSTM(5), L.RepeatVector(4), L.LSTM(4, return_sequences=True),

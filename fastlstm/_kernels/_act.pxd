@@ -147,7 +147,7 @@ cdef inline floating act(int code, double alpha, double beta, floating z) noexce
     elif code == TANH:
         return tanh_fast(z)
     elif code == RELU:
-        return z if z > 0 else z * 0                   # z * 0 keeps NaN
+        return 0 if z <= 0 else z                      # -inf gives 0; NaN fails the test and stays NaN
     elif code == LINEAR:
         return z
     elif code == HARD_SIGMOID:
@@ -157,7 +157,7 @@ cdef inline floating act(int code, double alpha, double beta, floating z) noexce
     elif code == LEAKY_RELU:
         return z if z >= 0 else <floating>alpha * z
     elif code == THRESHOLDED_RELU:
-        return z if z > <floating>alpha else z * 0
+        return 0 if z <= <floating>alpha else z
     elif code == SCALED_TANH:
         return <floating>alpha * _tanh(<floating>beta * z)
     elif code == AFFINE:

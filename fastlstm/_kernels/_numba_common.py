@@ -9,8 +9,8 @@ float32 sigmoid/tanh avoid libm so that LLVM vectorises the gate passes (AVX2: 8
 Max error against float64 math: sigmoid 2 ulp, tanh 6 ulp (near saturation). NaN propagates.
 float64 keeps libm (math.exp / math.tanh). Every other code runs one element at a time in the data's precision.
 
-Note on cache=True: Numba's cache keys on the caller's file only; after editing this module, delete
-fastlstm/_kernels/__pycache__/*.nbi|*.nbc (or touch lstm_numba.py and gru_numba.py).
+Note on cache=True: Numba's cache keys on the caller's file only (a hash of its content, so touching it is not
+enough); after editing this module, delete fastlstm/_kernels/__pycache__/{lstm,gru,step}_numba.*.nbi|*.nbc.
 """
 import math
 
@@ -157,7 +157,7 @@ def act(code, alpha, beta, z):
     if code == TANH:
         return tanh(z)
     if code == RELU:
-        return z if z > 0 else zero * z
+        return zero if z <= 0 else z                         # -inf gives 0; NaN fails the test and stays NaN
     if code == LINEAR:
         return z
     if code == HARD_SIGMOID:
@@ -165,7 +165,7 @@ def act(code, alpha, beta, z):
     if code == LEAKY_RELU:
         return z if z >= 0 else al * z
     if code == THRESHOLDED_RELU:
-        return z if z > al else zero * z
+        return zero if z <= al else z
     if code == SCALED_TANH:
         return al * math.tanh(be * z)
     if code == AFFINE:

@@ -89,7 +89,7 @@ def activate(code, alpha, beta, z):
         return np.asarray(np.tanh(z), dtype=dt)
     with np.errstate(over="ignore", invalid="ignore"):
         if code == RELU:
-            a = np.where(z > 0, z, 0 * z)
+            a = np.maximum(z, 0)                  # max(-inf, 0) = 0; NaN stays NaN (np.maximum propagates it)
         elif code == LINEAR:
             a = z.copy()
         elif code == HARD_SIGMOID:
@@ -97,7 +97,7 @@ def activate(code, alpha, beta, z):
         elif code == LEAKY_RELU:
             a = np.where(z >= 0, z, alpha * z)
         elif code == THRESHOLDED_RELU:
-            a = np.where(z > alpha, z, 0 * z)
+            a = np.where(z <= alpha, 0, z)                 # -inf gives 0; NaN fails the test and stays NaN
         elif code == SCALED_TANH:
             a = alpha * np.tanh(beta * z)
         elif code == AFFINE:

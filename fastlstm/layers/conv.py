@@ -12,7 +12,8 @@ GlobalAveragePooling1D averages over the unmasked steps only; GlobalMaxPooling1D
 
 Training (`forward` / `backward`, the gradients of TensorFlow's ops):
     Conv1D:   dz = dy * act'(z);  dkernel = cols^T dz;  dbias = sum dz;  dx = the window gradients dz kernel^T
-              added back at the steps each window read (padding dropped)
+              added back at the steps each window read (padding dropped). A sigmoid/softmax Conv1D output is
+              scored from its logits z (the trainer hands dz directly, as for Dense)
     MaxPooling1D:  dy goes to the first maximum of each window (tf MaxPoolGrad); AveragePooling1D: dy / count
               to every real step of the window; overlapping windows add up
     GlobalMaxPooling1D: dy split evenly among the steps equal to the max (tf reduce_max's gradient);
@@ -190,20 +191,23 @@ class Conv1D(Layer):
 
     def call(self, inputs, mask=None, training=False):
         x, cols, _ = self._columns(inputs)
-        y = self._act(self._pre_activation(cols, x.dtype)).astype(x.dtype, copy=False)
-        return _to_channels_last(y, self.data_format)
+        # the activation acts on the output layout (Keras: softmax over the last axis, the steps for channels_first)
+        z = _to_channels_last(self._pre_activation(cols, x.dtype), self.data_format)
+        return self._act(z).astype(x.dtype, copy=False)
 
     def forward(self, inputs, mask=None, training=False, **kwargs):
-        """Training pass: (output, ctx with the windows, pre-activations and geometry)."""
+        """Training pass: (output, ctx with the windows, the pre-activations z (the logits of a sigmoid/softmax
+        output) and the output y, both in the output layout, and the geometry)."""
         x, cols, left = self._columns(inputs)
-        z = self._pre_activation(cols, x.dtype)
+        z = _to_channels_last(self._pre_activation(cols, x.dtype), self.data_format)
         y = z if self.activation == "linear" else self._act(z).astype(x.dtype, copy=False)
-        return _to_channels_last(y, self.data_format), {"cols": cols, "z": z, "y": y, "left": left,
-                                                         "length": x.shape[1]}
+        return y, {"cols": cols, "z": z, "y": y, "left": left, "length": x.shape[1]}
 
     def backward(self, ctx, dy):
-        """d inputs; adds d kernel, d bias to self.grads."""
-        dz = activation_backward(self.activation, ctx["z"], ctx["y"], _to_channels_last(dy, self.data_format))
+        """d inputs; adds d kernel, d bias to self.grads. ctx["d_is_logits"]: dy is already d loss / d z (a
+        crossentropy computed from the logits)."""
+        dz = dy if ctx.get("d_is_logits") else activation_backward(self.activation, ctx["z"], ctx["y"], dy)
+        dz = _to_channels_last(dz, self.data_format)
         cols = ctx["cols"]
         B, out_len, k, C = cols.shape
         kernel = self._weights[0].astype(dz.dtype, copy=False)

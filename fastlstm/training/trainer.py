@@ -3,11 +3,15 @@
 One step (Trainer.train_step):
     forward   every graph node runs `layer.forward(inputs, mask, training=True)` -> (outputs, ctx)
     loss      per output: Keras loss values, reduced (mask-weighted); a crossentropy on a sigmoid/softmax
-              Dense or Activation output is computed from that layer's logits, as Keras 3 does
+              Dense, Conv1D or Activation output is computed from that layer's logits, as Keras 3 does
+              (LOGIT_LAYERS: the layers whose last op is their activation)
     backward  nodes in reverse order: `layer.backward(ctx, d_outputs)` -> d_inputs, weight gradients added to
               the (leaf) layers' `grads`
     update    optimizer.apply(grads, weights), the previous weights kept in a backup so that a NaN loss
               in the next step can restore them
+Weights that a training forward changes outside the optimizer (BatchNormalization's moving statistics) are
+copied at the start of every step: a step with a non-finite loss puts them back at once (it changes no weight),
+and `restore_backup` rolls them back together with the optimizer's weights (to the state before the last update).
 """
 import math
 import sys
@@ -17,11 +21,19 @@ import warnings
 import numpy as np
 
 from ..layers.base import SymbolicTensor
+from ..layers.conv import Conv1D
 from ..layers.core import LOGIT_ACTIVATIONS, Activation, Dense
 from . import callbacks as callbacks_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
+
+
+# Layers whose output is activation(z) as their last op, with z (the logits) in ctx["z"] in the output's layout and
+# a backward that accepts ctx["d_is_logits"]. Keras 3 (TF backend) computes a crossentropy on such an output from
+# z when the activation is sigmoid/softmax (the output's `_keras_logits`, or a Sigmoid/Softmax graph op).
+# Not here: recurrent layers (their output comes out of the step loop) and wrappers such as TimeDistributed.
+LOGIT_LAYERS = (Dense, Activation, Conv1D)
 
 
 def leaf_layers(layer):
@@ -104,7 +116,7 @@ class Trainer:
             k = None
             if lo is not None and lo.uses_logits and t.history is not None:
                 node = t.history[0]
-                if isinstance(node.layer, (Dense, Activation)) and node.layer.activation in LOGIT_ACTIVATIONS:
+                if isinstance(node.layer, LOGIT_LAYERS) and node.layer.activation in LOGIT_ACTIVATIONS:
                     k = node_index[id(node)]
             self.logit_node.append(k)
         self._needs_grad = self._tensors_needing_grad()
@@ -115,6 +127,7 @@ class Trainer:
                 raise NotImplementedError(f"layer {node.layer.name!r} ({type(node.layer).__name__}) has no backward "
                                           f"pass: fastlstm cannot train this model")
         self._backup = None
+        self._state_now, self._state_prev = [], []      # forward-updated weights: this step's start, the last one's
         self._ready = True
 
     def _tensors_needing_grad(self):
@@ -279,12 +292,42 @@ class Trainer:
                 gs.extend(g for g, t in zip(leaf.grads, flags) if t)
         return ws, gs
 
+    def _state_weights(self):
+        """The weights the optimizer does not update of the leaves that declare non-trainable weights
+        (`trainable_mask`: BatchNormalization's moving statistics, which its training forward updates). Frozen
+        layers without such weights are left out: nothing changes them (no per-step copy of a frozen Embedding)."""
+        out = []
+        for leaf, trainable in self.leaves:
+            if getattr(leaf, "trainable_mask", None) is not None:
+                flags = weight_trainable(leaf) if trainable else [False] * len(leaf._weights)
+                out.extend(w for w, t in zip(leaf._weights, flags) if not t)
+        return out
+
+    def _copy_state(self, dst=None, src=None):
+        """Copy the state weights into the buffers `dst` (reallocated on a shape change; returned), or the
+        buffers `src` back into the state weights."""
+        ws = self._state_weights()
+        if src is not None:
+            for w, b in zip(ws, src):
+                np.copyto(w, b)
+            return src
+        if [b.shape for b in dst] != [w.shape for w in ws] or [b.dtype for b in dst] != [w.dtype for w in ws]:
+            dst = [np.empty_like(w) for w in ws]
+        for b, w in zip(dst, ws):
+            np.copyto(b, w)
+        return dst
+
     def train_step(self, xs, ys, rng, sample_weight=None):
-        """One optimizer step on one batch. Returns (loss, finite)."""
+        """One optimizer step on one batch. Returns (loss, finite). A non-finite loss changes no weight."""
         self._ensure_grads()
+        self._state_now = self._copy_state(dst=self._state_now)
         values, ctxs = self.forward(xs, training=True, rng=rng)
         total, per_out, d_out = self._losses(values, ctxs, ys, sample_weight)
         if not math.isfinite(total):
+            if self._state_now:                   # undo the forward's updates (moving statistics)
+                self._copy_state(src=self._state_now)
+                for leaf, _ in self.leaves:
+                    leaf._weights_changed()
             return total, per_out, False
         self._update_metrics(values, ys, sample_weight)
         self._zero_grads()
@@ -293,18 +336,21 @@ class Trainer:
         if self._backup is None or [b.shape for b in self._backup] != [w.shape for w in ws]:
             self._backup = [np.empty_like(w) for w in ws]
         self.optimizer.apply(gs, ws, backup=self._backup)
+        self._state_prev, self._state_now = self._state_now, self._state_prev    # this step's start is the backup
         self._backup_valid = True
         for leaf, _ in self.leaves:
             leaf._weights_changed()
         return total, per_out, True
 
     def restore_backup(self):
-        """Put back the weights from before the last optimizer step."""
+        """Put back every weight as it was before the last optimizer step: the optimizer's weights and those
+        its training forward changed (moving statistics)."""
         if self._backup is None or not getattr(self, "_backup_valid", False):
             return False
         ws, _ = self._variables()
         for w, b in zip(ws, self._backup):
             np.copyto(w, b)
+        self._copy_state(src=self._state_prev)
         for leaf, _ in self.leaves:
             leaf._weights_changed()
         self._backup_valid = False
