@@ -55,6 +55,21 @@ def test_set_weights_builds_and_get_weights_round_trips():
     assert gru2(np.ones((1, 2, 3), np.float32)).shape == (1, 5)
 
 
+def test_set_weights_copies_like_keras():
+    """The layer keeps copies: changing the arrays given to set_weights afterwards does not change the layer
+    (nor its cached cast and packed weights), as in Keras."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 20, 3)).astype(np.float32)
+    ws = [rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((3, 16), (4, 16), (16,))]
+    layer = fastlstm.layers.LSTM(4)
+    layer.set_weights(ws)
+    y = layer(x)
+    for w in ws:
+        w *= -2
+    np.testing.assert_array_equal(layer(x), y)
+    np.testing.assert_array_equal(layer.get_weights()[0], ws[0] / -2)
+
+
 def test_return_state_and_initial_state():
     lstm = _keras_constant_lstm(return_state=True, return_sequences=True)
     x = np.random.default_rng(2).standard_normal((2, 7, 4)).astype(np.float32)

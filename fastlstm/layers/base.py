@@ -139,7 +139,9 @@ class Layer:
                                  f"{cur.shape}, got {new.shape}")
             if new.dtype.kind not in "fiub":
                 raise TypeError(f"layer {self.name!r}: weight {k} must be numeric, got dtype {new.dtype}")
-        self._weights = [np.ascontiguousarray(w, dtype=cur.dtype) for cur, w in zip(self._weights, weights)]
+        # copies, as Keras assigns the values: the caller's arrays stay the caller's (training does not change
+        # them, and changing them later does not reach the layer past its cached and packed copies)
+        self._weights = [np.array(w, dtype=cur.dtype, order="C") for cur, w in zip(self._weights, weights)]
         self._weights_changed()
 
     def _weight_label(self, k):
