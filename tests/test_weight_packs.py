@@ -68,3 +68,18 @@ def test_layer_packs_again_after_set_weights():
         assert not np.allclose(y1, y2)
     finally:
         fastlstm.set_backend("auto")
+
+
+@pytest.mark.parametrize("K, N", [(37, 45), (128, 512), (400, 16)], ids=str)
+def test_packed_gemm_every_row_count(K, N):
+    """The packed register-tile GEMM (_blas.fl_gemm_packed: 6-row tiles, the last 7-9 rows as 4 + 3, 4 + 4,
+    5 + 4; K > 384 in chunks) against float64 NumPy for every row count through several tile plans."""
+    from fastlstm._kernels import _blas
+    rng = np.random.default_rng(K)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    for M in range(1, 40):
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        c = rng.standard_normal((M, N)).astype(np.float32)
+        expected = c.astype(np.float64) + a.astype(np.float64) @ w.astype(np.float64)
+        got = _blas._recurrent_check(a, w, c.copy(), True)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.sqrt(K), err_msg=f"M={M}")

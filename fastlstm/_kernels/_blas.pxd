@@ -70,7 +70,7 @@ cdef extern from *:
     }
 
     #if FL_PACKED_GEMM
-    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel), A packed as Ap[k * 6 + row];
+    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel), A packed as Ap[k * mr + row];
        mr is a constant after inlining */
     static inline __attribute__((always_inline)) void fl_tile(const int mr, int K, const float *Ap,
                                                               const float *Bp, float *C, int ldc) {
@@ -83,12 +83,12 @@ cdef extern from *:
         for (int k = 0; k < K; k++) {
             b0 = _mm256_loadu_ps(Bp + 16 * k);
             b1 = _mm256_loadu_ps(Bp + 16 * k + 8);
-            a = _mm256_broadcast_ss(Ap + 6 * k + 0);  c0a = _mm256_fmadd_ps(a, b0, c0a);  c0b = _mm256_fmadd_ps(a, b1, c0b);
-            if (mr > 1) { a = _mm256_broadcast_ss(Ap + 6 * k + 1); c1a = _mm256_fmadd_ps(a, b0, c1a); c1b = _mm256_fmadd_ps(a, b1, c1b); }
-            if (mr > 2) { a = _mm256_broadcast_ss(Ap + 6 * k + 2); c2a = _mm256_fmadd_ps(a, b0, c2a); c2b = _mm256_fmadd_ps(a, b1, c2b); }
-            if (mr > 3) { a = _mm256_broadcast_ss(Ap + 6 * k + 3); c3a = _mm256_fmadd_ps(a, b0, c3a); c3b = _mm256_fmadd_ps(a, b1, c3b); }
-            if (mr > 4) { a = _mm256_broadcast_ss(Ap + 6 * k + 4); c4a = _mm256_fmadd_ps(a, b0, c4a); c4b = _mm256_fmadd_ps(a, b1, c4b); }
-            if (mr > 5) { a = _mm256_broadcast_ss(Ap + 6 * k + 5); c5a = _mm256_fmadd_ps(a, b0, c5a); c5b = _mm256_fmadd_ps(a, b1, c5b); }
+            a = _mm256_broadcast_ss(Ap + mr * k + 0);  c0a = _mm256_fmadd_ps(a, b0, c0a);  c0b = _mm256_fmadd_ps(a, b1, c0b);
+            if (mr > 1) { a = _mm256_broadcast_ss(Ap + mr * k + 1); c1a = _mm256_fmadd_ps(a, b0, c1a); c1b = _mm256_fmadd_ps(a, b1, c1b); }
+            if (mr > 2) { a = _mm256_broadcast_ss(Ap + mr * k + 2); c2a = _mm256_fmadd_ps(a, b0, c2a); c2b = _mm256_fmadd_ps(a, b1, c2b); }
+            if (mr > 3) { a = _mm256_broadcast_ss(Ap + mr * k + 3); c3a = _mm256_fmadd_ps(a, b0, c3a); c3b = _mm256_fmadd_ps(a, b1, c3b); }
+            if (mr > 4) { a = _mm256_broadcast_ss(Ap + mr * k + 4); c4a = _mm256_fmadd_ps(a, b0, c4a); c4b = _mm256_fmadd_ps(a, b1, c4b); }
+            if (mr > 5) { a = _mm256_broadcast_ss(Ap + mr * k + 5); c5a = _mm256_fmadd_ps(a, b0, c5a); c5b = _mm256_fmadd_ps(a, b1, c5b); }
         }
         #define FL_ACC(i, ca, cb) { float *Ci = C + (i) * ldc; \\
             _mm256_storeu_ps(Ci, _mm256_add_ps(_mm256_loadu_ps(Ci), ca)); \\
@@ -109,6 +109,14 @@ cdef extern from *:
         return need < FL_APACK ? need : FL_APACK;
     }
 
+    /* rows of the next register tile when `left` rows remain: 6, except that the last 7, 8 or 9 rows go as 4 + 3,
+       4 + 4, 5 + 4. A tile of r rows keeps 2r accumulators; below 4 rows (8 chains) the 4-cycle FMA latency, not
+       the 2 FMAs per cycle, sets its pace, so a 1- or 2-row tail tile costs as much as 4 rows (32 rows = 5 x 6 + 2:
+       34 row-times; 4 x 6 + 4 + 4: 32). */
+    static inline int fl_tile_rows(int left) {
+        return left == 7 || left == 8 ? 4 : left == 9 ? 5 : left < 6 ? left : 6;
+    }
+
     /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack into Wp; Ap: scratch of
        fl_apack_size(M, K) floats */
     static void fl_gemm_packed_ws(int M, int N, int K, const float *A, int lda, const float *Wp, float *Ap, float *C,
@@ -125,20 +133,20 @@ cdef extern from *:
             int mb = ((M + nb - 1) / nb + 5) / 6 * 6;
             for (int i0 = 0; i0 < M; i0 += mb) {
                 int i1 = i0 + mb < M ? i0 + mb : M;
-                /* pack A[i0:i1, k0:k0+kc] as 6-row tiles, row index fastest: one broadcast stream per tile */
-                for (int i = i0; i < i1; i += 6) {
-                    int mr = i1 - i < 6 ? i1 - i : 6;
+                /* pack A[i0:i1, k0:k0+kc] by register tiles, row index fastest: one broadcast stream per tile */
+                for (int i = i0; i < i1; i += fl_tile_rows(i1 - i)) {
+                    int mr = fl_tile_rows(i1 - i);
                     float *dst = Ap + (size_t)(i - i0) * kc;
                     for (int r = 0; r < mr; r++) {
                         const float *src = A + (size_t)(i + r) * lda + k0;
-                        for (int k = 0; k < kc; k++) dst[6 * k + r] = src[k];
+                        for (int k = 0; k < kc; k++) dst[mr * k + r] = src[k];
                     }
                 }
                 for (int p = 0; p < np; p++) {
                     const float *Bp = Wp + (size_t)p * K * 16 + (size_t)k0 * 16;
                     int n0 = p * 16, nn = N - n0 < 16 ? N - n0 : 16;
-                    for (int i = i0; i < i1; i += 6) {
-                        int mr = i1 - i < 6 ? i1 - i : 6;
+                    for (int i = i0; i < i1; i += fl_tile_rows(i1 - i)) {
+                        int mr = fl_tile_rows(i1 - i);
                         const float *Ai = Ap + (size_t)(i - i0) * kc;
                         float *Ct = C + (size_t)i * ldc + n0;
                         int ldt = ldc;
