@@ -51,10 +51,8 @@ cdef extern from *:
     }
     static void fl_free(void *p) { if (p != NULL) free(((void **)p)[-1]); }
 
-    /* floats for W (K x N) packed: ceil(N / 16) panels of K rows x 16 columns, then FL_APACK floats of
-       scratch where fl_gemm_packed packs row blocks of A */
-    #define FL_APACK (65536 + 6 * 384)
-    static size_t fl_packed_size(int K, int N) { return (size_t)K * (size_t)((N + 15) / 16) * 16 + FL_APACK; }
+    /* floats for W (K x N) packed: ceil(N / 16) panels of K rows x 16 columns */
+    static size_t fl_packed_size(int K, int N) { return (size_t)K * (size_t)((N + 15) / 16) * 16; }
 
     /* Wp = W (K x N, row stride ldw; trans: W[k, n] is at W[n * ldw + k]) as 16-column panels, zero padded */
     static void fl_pack(int K, int N, const float *W, int ldw, int trans, float *Wp) {
@@ -70,9 +68,9 @@ cdef extern from *:
     }
 
     #if FL_PACKED_GEMM
-    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel), A packed as Ap[k * mr + row];
-       mr is a constant after inlining */
-    static inline __attribute__((always_inline)) void fl_tile(const int mr, int K, const float *Ap,
+    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel), A row-major (row stride lda); mr is a constant
+       after inlining */
+    static inline __attribute__((always_inline)) void fl_tile(const int mr, int K, const float *A, int lda,
                                                               const float *Bp, float *C, int ldc) {
         __m256 c0a = _mm256_setzero_ps(), c0b = c0a, c1a = c0a, c1b = c0a, c2a = c0a, c2b = c0a,
                c3a = c0a, c3b = c0a, c4a = c0a, c4b = c0a, c5a = c0a, c5b = c0a, a, b0, b1;
@@ -83,12 +81,12 @@ cdef extern from *:
         for (int k = 0; k < K; k++) {
             b0 = _mm256_loadu_ps(Bp + 16 * k);
             b1 = _mm256_loadu_ps(Bp + 16 * k + 8);
-            a = _mm256_broadcast_ss(Ap + mr * k + 0);  c0a = _mm256_fmadd_ps(a, b0, c0a);  c0b = _mm256_fmadd_ps(a, b1, c0b);
-            if (mr > 1) { a = _mm256_broadcast_ss(Ap + mr * k + 1); c1a = _mm256_fmadd_ps(a, b0, c1a); c1b = _mm256_fmadd_ps(a, b1, c1b); }
-            if (mr > 2) { a = _mm256_broadcast_ss(Ap + mr * k + 2); c2a = _mm256_fmadd_ps(a, b0, c2a); c2b = _mm256_fmadd_ps(a, b1, c2b); }
-            if (mr > 3) { a = _mm256_broadcast_ss(Ap + mr * k + 3); c3a = _mm256_fmadd_ps(a, b0, c3a); c3b = _mm256_fmadd_ps(a, b1, c3b); }
-            if (mr > 4) { a = _mm256_broadcast_ss(Ap + mr * k + 4); c4a = _mm256_fmadd_ps(a, b0, c4a); c4b = _mm256_fmadd_ps(a, b1, c4b); }
-            if (mr > 5) { a = _mm256_broadcast_ss(Ap + mr * k + 5); c5a = _mm256_fmadd_ps(a, b0, c5a); c5b = _mm256_fmadd_ps(a, b1, c5b); }
+            a = _mm256_broadcast_ss(A + k + 0 * (size_t)lda);  c0a = _mm256_fmadd_ps(a, b0, c0a);  c0b = _mm256_fmadd_ps(a, b1, c0b);
+            if (mr > 1) { a = _mm256_broadcast_ss(A + k + 1 * (size_t)lda); c1a = _mm256_fmadd_ps(a, b0, c1a); c1b = _mm256_fmadd_ps(a, b1, c1b); }
+            if (mr > 2) { a = _mm256_broadcast_ss(A + k + 2 * (size_t)lda); c2a = _mm256_fmadd_ps(a, b0, c2a); c2b = _mm256_fmadd_ps(a, b1, c2b); }
+            if (mr > 3) { a = _mm256_broadcast_ss(A + k + 3 * (size_t)lda); c3a = _mm256_fmadd_ps(a, b0, c3a); c3b = _mm256_fmadd_ps(a, b1, c3b); }
+            if (mr > 4) { a = _mm256_broadcast_ss(A + k + 4 * (size_t)lda); c4a = _mm256_fmadd_ps(a, b0, c4a); c4b = _mm256_fmadd_ps(a, b1, c4b); }
+            if (mr > 5) { a = _mm256_broadcast_ss(A + k + 5 * (size_t)lda); c5a = _mm256_fmadd_ps(a, b0, c5a); c5b = _mm256_fmadd_ps(a, b1, c5b); }
         }
         #define FL_ACC(i, ca, cb) { float *Ci = C + (i) * ldc; \\
             _mm256_storeu_ps(Ci, _mm256_add_ps(_mm256_loadu_ps(Ci), ca)); \\
@@ -103,12 +101,6 @@ cdef extern from *:
     }
     #endif
 
-    /* floats of A scratch fl_gemm_packed_ws needs for M rows of K: at most FL_APACK (see the blocking below) */
-    static size_t fl_apack_size(int M, int K) {
-        size_t need = (size_t)((M + 5) / 6 * 6) * (size_t)(K < 384 ? K : 384);
-        return need < FL_APACK ? need : FL_APACK;
-    }
-
     /* rows of the next register tile when `left` rows remain: 6, except that the last 7, 8 or 9 rows go as 4 + 3,
        4 + 4, 5 + 4. A tile of r rows keeps 2r accumulators; below 4 rows (8 chains) the 4-cycle FMA latency, not
        the 2 FMAs per cycle, sets its pace, so a 1- or 2-row tail tile costs as much as 4 rows (32 rows = 5 x 6 + 2:
@@ -117,68 +109,48 @@ cdef extern from *:
         return left == 7 || left == 8 ? 4 : left == 9 ? 5 : left < 6 ? left : 6;
     }
 
-    /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack into Wp; Ap: scratch of
-       fl_apack_size(M, K) floats */
-    static void fl_gemm_packed_ws(int M, int N, int K, const float *A, int lda, const float *Wp, float *Ap, float *C,
-                                  int ldc) {
+    /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack into Wp (read only:
+       threads may share it). A is read in place: its rows (at most PACKED_MAX_ROWS) stay in cache, and the
+       tile's broadcasts need no packed copy (packing A, a strided scalar copy, cost 10-35% at these sizes). */
+    static void fl_gemm_packed(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc) {
     #if FL_PACKED_GEMM
         float tmp[6 * 16];
         int np = (N + 15) / 16;
-        /* K in equal chunks of at most 384 (a panel chunk, <= 24 KiB, stays in L1 while the row tiles pass over
-           it), rows in equal blocks of at most 32768 / kc (their packed A, <= 128 KiB, stays in L2) */
+        /* K in equal chunks of at most 384: a panel chunk (<= 24 KiB) stays in L1 while the row tiles pass over it */
         int nk = (K + 383) / 384, kstep = (K + nk - 1) / nk;
         for (int k0 = 0; k0 < K; k0 += kstep) {
             int kc = K - k0 < kstep ? K - k0 : kstep;
-            int nb = (int)(((size_t)M * kc + 65535) / 65536);
-            int mb = ((M + nb - 1) / nb + 5) / 6 * 6;
-            for (int i0 = 0; i0 < M; i0 += mb) {
-                int i1 = i0 + mb < M ? i0 + mb : M;
-                /* pack A[i0:i1, k0:k0+kc] by register tiles, row index fastest: one broadcast stream per tile */
-                for (int i = i0; i < i1; i += fl_tile_rows(i1 - i)) {
-                    int mr = fl_tile_rows(i1 - i);
-                    float *dst = Ap + (size_t)(i - i0) * kc;
-                    for (int r = 0; r < mr; r++) {
-                        const float *src = A + (size_t)(i + r) * lda + k0;
-                        for (int k = 0; k < kc; k++) dst[mr * k + r] = src[k];
+            for (int p = 0; p < np; p++) {
+                const float *Bp = Wp + (size_t)p * K * 16 + (size_t)k0 * 16;
+                int n0 = p * 16, nn = N - n0 < 16 ? N - n0 : 16;
+                for (int i = 0; i < M; i += fl_tile_rows(M - i)) {
+                    int mr = fl_tile_rows(M - i);
+                    const float *Ai = A + (size_t)i * lda + k0;
+                    float *Ct = C + (size_t)i * ldc + n0;
+                    int ldt = ldc;
+                    if (nn < 16) {      /* partial panel: work on a zero-padded copy of the C tile */
+                        memset(tmp, 0, sizeof(tmp));
+                        for (int r = 0; r < mr; r++) memcpy(tmp + 16 * r, Ct + (size_t)r * ldc, nn * sizeof(float));
+                        Ct = tmp;
+                        ldt = 16;
                     }
-                }
-                for (int p = 0; p < np; p++) {
-                    const float *Bp = Wp + (size_t)p * K * 16 + (size_t)k0 * 16;
-                    int n0 = p * 16, nn = N - n0 < 16 ? N - n0 : 16;
-                    for (int i = i0; i < i1; i += fl_tile_rows(i1 - i)) {
-                        int mr = fl_tile_rows(i1 - i);
-                        const float *Ai = Ap + (size_t)(i - i0) * kc;
-                        float *Ct = C + (size_t)i * ldc + n0;
-                        int ldt = ldc;
-                        if (nn < 16) {      /* partial panel: work on a zero-padded copy of the C tile */
-                            memset(tmp, 0, sizeof(tmp));
-                            for (int r = 0; r < mr; r++) memcpy(tmp + 16 * r, Ct + (size_t)r * ldc, nn * sizeof(float));
-                            Ct = tmp;
-                            ldt = 16;
-                        }
-                        switch (mr) {
-                            case 6: fl_tile(6, kc, Ai, Bp, Ct, ldt); break;
-                            case 5: fl_tile(5, kc, Ai, Bp, Ct, ldt); break;
-                            case 4: fl_tile(4, kc, Ai, Bp, Ct, ldt); break;
-                            case 3: fl_tile(3, kc, Ai, Bp, Ct, ldt); break;
-                            case 2: fl_tile(2, kc, Ai, Bp, Ct, ldt); break;
-                            default: fl_tile(1, kc, Ai, Bp, Ct, ldt); break;
-                        }
-                        if (nn < 16)
-                            for (int r = 0; r < mr; r++)
-                                memcpy(C + (size_t)(i + r) * ldc + n0, tmp + 16 * r, nn * sizeof(float));
+                    switch (mr) {
+                        case 6: fl_tile(6, kc, Ai, lda, Bp, Ct, ldt); break;
+                        case 5: fl_tile(5, kc, Ai, lda, Bp, Ct, ldt); break;
+                        case 4: fl_tile(4, kc, Ai, lda, Bp, Ct, ldt); break;
+                        case 3: fl_tile(3, kc, Ai, lda, Bp, Ct, ldt); break;
+                        case 2: fl_tile(2, kc, Ai, lda, Bp, Ct, ldt); break;
+                        default: fl_tile(1, kc, Ai, lda, Bp, Ct, ldt); break;
                     }
+                    if (nn < 16)
+                        for (int r = 0; r < mr; r++)
+                            memcpy(C + (size_t)(i + r) * ldc + n0, tmp + 16 * r, nn * sizeof(float));
                 }
             }
         }
     #else
-        (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Wp; (void)Ap; (void)C; (void)ldc;
+        (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Wp; (void)C; (void)ldc;
     #endif
-    }
-
-    /* the same with the scratch in the tail of a buffer from fl_packed_size (a pack used by one call at a time) */
-    static void fl_gemm_packed(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc) {
-        fl_gemm_packed_ws(M, N, K, A, lda, Wp, (float *)Wp + fl_packed_size(K, N) - FL_APACK, C, ldc);
     }
 
     #if FL_PACKED_GEMM
@@ -303,7 +275,6 @@ cdef extern from *:
     }
     """
     int FL_PACKED_GEMM
-    size_t FL_APACK
     void* fl_alloc(size_t bytes) noexcept nogil
     void fl_free(void* p) noexcept nogil
     size_t fl_units_size(int K, int H, int ngates) noexcept nogil
@@ -315,9 +286,6 @@ cdef extern from *:
     void fl_pack(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemm_packed(int M, int N, int K, const float* A, int lda, const float* Wp, float* C,
                         int ldc) noexcept nogil
-    size_t fl_apack_size(int M, int K) noexcept nogil
-    void fl_gemm_packed_ws(int M, int N, int K, const float* A, int lda, const float* Wp, float* Ap, float* C,
-                           int ldc) noexcept nogil
     void fl_gemv_rowvec(int K, int N, const float* x, const float* W, int ldw, float* y) noexcept nogil
 
 
@@ -347,7 +315,7 @@ cdef inline float* pack_weights(int K, int N, const floating* w, int ldw, bint t
 
 
 cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, const floating* w, int ldw,
-                            bint trans_w, float* wp, floating* c, int ldc) noexcept nogil:
+                            bint trans_w, const float* wp, floating* c, int ldc) noexcept nogil:
     """C (M x N) += A (M x K) @ op(W), op(W) = W (K x N) or, with trans_w, W^T (W stored N x K).
     The packed kernel when wp (pack_weights) is given; for M <= GEMV_MAX_ROWS one matrix-vector product per
     row (float32 without trans_w: fl_gemv_rowvec, serial; else BLAS gemv); else gemm."""
@@ -381,18 +349,6 @@ cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, con
 cdef inline bint input_panels(Py_ssize_t rows) noexcept nogil:
     """Whether an input GEMM (rows = T * B) runs on w_x packed in 16-column panels (the kernels' rule)."""
     return FL_PACKED_GEMM and GEMV_MAX_ROWS < rows < PACKED_MAX_ROWS
-
-
-cdef inline void matmul_panels(int M, int N, int K, const float* a, int lda, const float* w, int ldw,
-                               const float* wp, float* c, int ldc) noexcept nogil:
-    """C (M x N) += A (M x K) @ W, W (K x N) given also as wp, packed by fl_pack without the scratch tail
-    (WeightPacks.panels, shared between threads): the A scratch is allocated here. gemm if that fails."""
-    cdef float *ap = <float*>fl_alloc(fl_apack_size(M, K) * sizeof(float))
-    if ap != NULL:
-        fl_gemm_packed_ws(M, N, K, a, lda, wp, ap, c, ldc)
-        fl_free(ap)
-    else:
-        gemm(NO_TRANS, NO_TRANS, M, N, K, <float>1, a, lda, w, ldw, <float>1, c, ldc)
 
 
 cdef class WeightPacks:

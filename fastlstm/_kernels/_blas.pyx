@@ -90,8 +90,8 @@ cdef class _Buffer:
 
 
 cdef class WeightPacks:
-    """See _blas.pxd. units(): fl_pack_units (batch-1 steps); panels(): 16-column panels without the scratch tail
-    (matmul_panels). Both return NULL when the packed paths are not built or memory runs out (the kernels then
+    """See _blas.pxd. units(): fl_pack_units (batch-1 steps); panels(): fl_pack's 16-column panels (matmul_acc).
+    Both return NULL when the packed paths are not built or memory runs out (the kernels then
     pack per call, or not at all)."""
 
     def __cinit__(self):
@@ -111,7 +111,7 @@ cdef class WeightPacks:
             if buf.data != NULL:
                 fl_pack_units(K, N, ngates, w, ldw, buf.data)
         else:
-            buf.data = <float*>fl_alloc((fl_packed_size(K, N) - FL_APACK) * sizeof(float))
+            buf.data = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
             if buf.data != NULL:
                 fl_pack(K, N, w, ldw, 0, buf.data)
         if buf.data != NULL:
@@ -123,7 +123,7 @@ cdef class WeightPacks:
         return self._get(0, w, K, H, ldw, ngates)
 
     cdef float* panels(self, const float* w, int K, int N, int ldw):
-        """w (K x N, row stride ldw) in 16-column panels, for matmul_panels"""
+        """w (K x N, row stride ldw) in 16-column panels (fl_pack), for matmul_acc"""
         return self._get(1, w, K, N, ldw, 0)
 
     def __len__(self):

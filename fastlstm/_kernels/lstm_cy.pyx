@@ -37,7 +37,7 @@ from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
 from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, ROWVEC_MIN_USES, TRANS, Packed64,
                                       Stepper, WeightPacks, fl_alloc, fl_free, fl_gemv_packed64, fl_pack_units,
-                                      fl_units_size, gemm, input_panels, matmul_acc, matmul_panels, pack_weights)
+                                      fl_units_size, gemm, input_panels, matmul_acc, pack_weights)
 
 cdef extern from *:
     """
@@ -322,13 +322,11 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
             _copy(z_ws + r * G, b, G)
         # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
         # never waits on BLAS worker threads)
-        if floating is float:
-            if wx_kept != NULL:
-                matmul_panels(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, wx_kept, z_ws, <int>G)
         if wx_kept == NULL:
             wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if input_panels(T * B) else NULL
-            matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
-            fl_free(wx_packed)
+        matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False,
+                   wx_kept if wx_kept != NULL else wx_packed, z_ws, <int>G)
+        fl_free(wx_packed)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
