@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm._kernels import get_backend, lstm_ref, packs_kw
-from fastlstm._kernels.args import copy_args, lstm_args
+from fastlstm._kernels import get_backend, gru_ref, lstm_ref, packs_kw
+from fastlstm._kernels.args import copy_args, gru_args, lstm_args
 
 from conftest import BACKENDS
 
@@ -27,11 +27,34 @@ def test_kept_packs_give_the_per_call_results(shape, opts):
         for n in OUT:
             np.testing.assert_array_equal(kept[n], plain[n], err_msg=n)
     T, B = shape[:2]
-    # batch 1 with T >= 8: the unit-packed w_h; 8 < T * B < 128 rows: w_x in panels
-    expected = int(B == 1 and T >= 8) + int(8 < T * B < 128)
+    # w_h: by units (batch 1, T >= 8), 64-column panels (batch 1 with the general gates: not here), 16-column
+    # panels (1 < B < 128); w_x in 16-column panels for 8 < T * B < 128 rows
+    expected = int(B == 1 and T >= 8 or 1 < B < 128) + int(8 < T * B < 128)
     assert len(holder["packs"]) == expected
     ref = copy_args(args)
     lstm_ref.lstm_forward(*ref.values())
+    np.testing.assert_allclose(kept["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(100, 1, 16, 24), (12, 1, 5, 66), (9, 3, 7, 8), (3, 1, 4, 4)], ids=str)
+@pytest.mark.parametrize("opts", [{}, dict(reset_after=False, mask="random", reverse=True)],
+                         ids=["after", "before_mask_reverse"])
+def test_gru_kept_packs_give_the_per_call_results(shape, opts):
+    k = get_backend("cython")
+    args = gru_args(*shape, np.float32, np.random.default_rng(4), **opts)
+    plain, kept = copy_args(args), copy_args(args)
+    k.gru_forward(*plain.values())
+    holder = {}
+    for _ in range(3):
+        k.gru_forward(*kept.values(), **packs_kw(k, holder))
+        for n in ("y_out", "hT_out"):
+            np.testing.assert_array_equal(kept[n], plain[n], err_msg=n)
+    T, B = shape[:2]
+    n_wh = 1 if opts.get("reset_after", True) else 2
+    expected = n_wh * int(B == 1 and T >= 8 or 1 < B < 128) + int(8 < T * B < 128)
+    assert len(holder["packs"]) == expected
+    ref = copy_args(args)
+    gru_ref.gru_forward(*ref.values())
     np.testing.assert_allclose(kept["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
 
 

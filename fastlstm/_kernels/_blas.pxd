@@ -295,19 +295,36 @@ cdef enum:
     ROWVEC_MIN_USES = 8      # one-row products: from this many on, packing W in 64-column panels pays (measured)
 
 
+cdef enum PackKind:
+    PACK_NONE = 0
+    PACK_ROW64 = 1          # fl_pack64: 64-column panels for one-row products
+    PACK_PANELS16 = 2       # fl_pack: 16-column panels for the register-tile kernel
+    PACK_UNITS = 3          # fl_pack_units: batch-1 LSTM steps (lstm_cy)
+
+
+cdef inline int pack_kind(Py_ssize_t rows, Py_ssize_t uses) noexcept nogil:
+    """The packing matmul_acc takes for float32 products with `rows` rows in A, used `uses` times (AVX2/FMA
+    builds only): 16-column panels for 1 < rows < PACKED_MAX_ROWS; 64-column panels for one row when
+    uses >= ROWVEC_MIN_USES (packing costs a few products, so a short sequence goes without)."""
+    if not FL_PACKED_GEMM:
+        return PACK_NONE
+    if rows == 1:
+        return PACK_ROW64 if uses >= ROWVEC_MIN_USES else PACK_NONE
+    return PACK_PANELS16 if rows < PACKED_MAX_ROWS else PACK_NONE
+
+
 cdef inline float* pack_weights(int K, int N, const floating* w, int ldw, bint trans, Py_ssize_t rows,
                                 Py_ssize_t uses=2) noexcept nogil:
     """A packed copy of op(W) (K x N; trans: W is stored N x K) for matmul_acc with `rows` rows in A, used
-    `uses` times, when a packed path applies and the allocation succeeds; else NULL. fl_free() it.
-    float32 built with AVX2/FMA only: 16-column panels for 1 < rows < PACKED_MAX_ROWS; 64-column panels for
-    one row when uses >= ROWVEC_MIN_USES (packing costs a few products, so a short sequence goes without)."""
+    `uses` times (pack_kind), when the allocation succeeds; else NULL. fl_free() it."""
     cdef float *wp = NULL
+    cdef int kind = pack_kind(rows, uses)
     if floating is float:
-        if FL_PACKED_GEMM and rows == 1 and uses >= ROWVEC_MIN_USES:
+        if kind == PACK_ROW64:
             wp = <float*>fl_alloc(fl_packed64_size(K, N) * sizeof(float))
             if wp != NULL:
                 fl_pack64(K, N, w, ldw, trans, wp)
-        elif FL_PACKED_GEMM and 1 < rows < PACKED_MAX_ROWS:
+        elif kind == PACK_PANELS16:
             wp = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
             if wp != NULL:
                 fl_pack(K, N, w, ldw, trans, wp)
@@ -346,11 +363,6 @@ cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, con
         gemm(NO_TRANS, TRANS if trans_w else NO_TRANS, M, N, K, <floating>1, a, lda, w, ldw, <floating>1, c, ldc)
 
 
-cdef inline bint input_panels(Py_ssize_t rows) noexcept nogil:
-    """Whether an input GEMM (rows = T * B) runs on w_x packed in 16-column panels (the kernels' rule)."""
-    return FL_PACKED_GEMM and GEMV_MAX_ROWS < rows < PACKED_MAX_ROWS
-
-
 cdef class WeightPacks:
     """Packed copies of float32 weight matrices kept across kernel calls, for a caller whose weights do not change
     between calls (a layer keeps one with its cast weights and drops both when its weights change). Each copy is
@@ -359,7 +371,7 @@ cdef class WeightPacks:
     cdef dict _bufs
     cdef float* _get(self, int kind, const float* w, int K, int N, int ldw, int ngates)
     cdef float* units(self, const float* w, int K, int H, int ngates, int ldw)
-    cdef float* panels(self, const float* w, int K, int N, int ldw)
+    cdef float* packed(self, const float* w, int K, int N, int ldw, Py_ssize_t rows, Py_ssize_t uses)
 
 
 cdef class Packed64:

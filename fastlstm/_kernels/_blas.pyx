@@ -90,7 +90,7 @@ cdef class _Buffer:
 
 
 cdef class WeightPacks:
-    """See _blas.pxd. units(): fl_pack_units (batch-1 steps); panels(): fl_pack's 16-column panels (matmul_acc).
+    """See _blas.pxd. units(): fl_pack_units (batch-1 LSTM steps); packed(): pack_weights' layouts (matmul_acc).
     Both return NULL when the packed paths are not built or memory runs out (the kernels then
     pack per call, or not at all)."""
 
@@ -103,13 +103,17 @@ cdef class WeightPacks:
         buf = self._bufs.get(key)
         if buf is not None:
             return buf.data
-        if not FL_PACKED_GEMM:
+        if kind == PACK_NONE or not FL_PACKED_GEMM:
             return NULL
         buf = _Buffer()
-        if kind == 0:
+        if kind == PACK_UNITS:
             buf.data = <float*>fl_alloc(fl_units_size(K, N, ngates) * sizeof(float))
             if buf.data != NULL:
                 fl_pack_units(K, N, ngates, w, ldw, buf.data)
+        elif kind == PACK_ROW64:
+            buf.data = <float*>fl_alloc(fl_packed64_size(K, N) * sizeof(float))
+            if buf.data != NULL:
+                fl_pack64(K, N, w, ldw, 0, buf.data)
         else:
             buf.data = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
             if buf.data != NULL:
@@ -120,11 +124,12 @@ cdef class WeightPacks:
 
     cdef float* units(self, const float* w, int K, int H, int ngates, int ldw):
         """w (K x ngates*H, row stride ldw) packed by fl_pack_units"""
-        return self._get(0, w, K, H, ldw, ngates)
+        return self._get(PACK_UNITS, w, K, H, ldw, ngates)
 
-    cdef float* panels(self, const float* w, int K, int N, int ldw):
-        """w (K x N, row stride ldw) in 16-column panels (fl_pack), for matmul_acc"""
-        return self._get(1, w, K, N, ldw, 0)
+    cdef float* packed(self, const float* w, int K, int N, int ldw, Py_ssize_t rows, Py_ssize_t uses):
+        """w (K x N, row stride ldw) packed as pack_weights would for `rows` rows used `uses` times (NULL when
+        it would not pack), for matmul_acc"""
+        return self._get(pack_kind(rows, uses), w, K, N, ldw, 0)
 
     def __len__(self):
         return len(self._bufs)

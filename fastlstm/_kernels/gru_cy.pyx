@@ -26,8 +26,8 @@ from cython cimport floating
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
-from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, fl_free, fl_gemv_packed64,
-                                      gemm, matmul_acc, pack_weights)
+from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, WeightPacks, fl_free,
+                                      fl_gemv_packed64, gemm, matmul_acc, pack_weights)
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -153,7 +153,10 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
                        const floating* b_h, const floating* h0, const unsigned char* mask, const int* codes,
                        const double* ab, floating clip, bint reset_after, bint reverse, floating* z_ws,
                        floating* hz_ws, floating* y, floating* hT, floating* gates_out, Py_ssize_t T,
-                       Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+                       Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const float* wa_kept, const float* wn_kept,
+                       const float* wx_kept) noexcept nogil:
+    """wa_kept, wn_kept, wx_kept: wp_a, wp_n and w_x packed as this call would pack them (pack_weights), copies a
+    WeightPacks keeps (see gru_forward); or NULL: packed here when that pays, and freed on return."""
     cdef Py_ssize_t G = 3 * H, r, k, t, bi, j, row
     cdef bint training = gates_out != NULL, valid
     cdef bint fast = codes[0] == SIGMOID and codes[1] == TANH and clip <= 0
@@ -164,8 +167,14 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
     cdef floating *gt
     # the recurrent weights packed once for the per-step products (float32, small batches; else NULL):
     # all of w_h (reset_after), or w_h[:, :2H] and w_h[:, 2H:] (reset_before)
-    cdef float *wp_a = pack_weights(<int>H, <int>(G if reset_after else 2 * H), w_h, <int>G, False, B, T)
-    cdef float *wp_n = NULL if reset_after else pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, False, B, T)
+    cdef float *wa_own = NULL
+    cdef float *wn_own = NULL
+    if wa_kept == NULL:
+        wa_own = pack_weights(<int>H, <int>(G if reset_after else 2 * H), w_h, <int>G, False, B, T)
+    if wn_kept == NULL and not reset_after:
+        wn_own = pack_weights(<int>H, <int>H, w_h + 2 * H, <int>G, False, B, T)
+    cdef const float *wp_a = wa_kept if wa_kept != NULL else wa_own
+    cdef const float *wp_n = wn_kept if wn_kept != NULL else wn_own
     # z_ws = b_x (+ b_hn on the n slice for reset_before), then z_ws += x @ w_x   (all T*B rows at once)
     for r in range(T * B):
         if I == 0:
@@ -177,11 +186,13 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
                 z_ws[r * G + 2 * H + j] += b_h[2 * H + j]
     # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
     # never waits on BLAS worker threads)
-    cdef float *wx_packed = NULL
+    cdef float *wx_own = NULL
     if I > 0:
-        wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if T * B > GEMV_MAX_ROWS else NULL
-        matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
-        fl_free(wx_packed)
+        if wx_kept == NULL and T * B > GEMV_MAX_ROWS:
+            wx_own = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B)
+        matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False,
+                   wx_kept if wx_kept != NULL else wx_own, z_ws, <int>G)
+        fl_free(wx_own)
     for k in range(T):
         t = _step(k, T, reverse)
         zt = z_ws + t * B * G
@@ -229,27 +240,40 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
                     _copy(yt + bi * H, h_prev + bi * H, H)
         h_prev = yt
     _copy(hT, h_prev, B * H)
-    fl_free(wp_a)
-    fl_free(wp_n)
+    fl_free(wa_own)
+    fl_free(wn_own)
 
 
 def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
                 const floating[::1] b_x, const floating[::1] b_h, const floating[:, ::1] h0,
                 const unsigned char[:, ::1] mask, const int[::1] act_codes, const double[:, ::1] act_ab,
                 double clip, bint reset_after, bint reverse, floating[:, :, ::1] z_ws, floating[:, :, ::1] hz_ws,
-                floating[:, :, ::1] y_out, floating[:, ::1] hT_out, floating[:, :, ::1] gates_out):
+                floating[:, :, ::1] y_out, floating[:, ::1] hT_out, floating[:, :, ::1] gates_out,
+                WeightPacks packs=None):
     """GRU over T steps. Same contract as gru_ref.gru_forward.
     IN   x (T, B, I)  w_x (I, 3H)  w_h (H, 3H)  b_x, b_h (3H,)  h0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws, hz_ws (T, B, 3H)
     OUT  y_out (T, B, H)  hT_out (B, H);  gates_out (T, B, 3H) | (0, 0, 0)
+    packs: a _blas.WeightPacks that keeps the packed w_h and w_x across calls with these same weight arrays
+    (their values unchanged), or None: packed per call
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0]
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0], G = 3 * H
     cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
     cdef floating *g_ptr = &gates_out[0, 0, 0] if gates_out.shape[0] > 0 else NULL
+    cdef const float *wa_kept = NULL
+    cdef const float *wn_kept = NULL
+    cdef const float *wx_kept = NULL
+    if floating is float:
+        if packs is not None:
+            wa_kept = packs.packed(&w_h[0, 0], <int>H, <int>(G if reset_after else 2 * H), <int>G, B, T)
+            if not reset_after:
+                wn_kept = packs.packed(&w_h[0, 2 * H], <int>H, <int>H, <int>G, B, T)
+            if I > 0 and T * B > GEMV_MAX_ROWS:
+                wx_kept = packs.packed(&w_x[0, 0], <int>I, <int>G, <int>G, T * B, 2)
     with nogil:
         _gru_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b_x[0], &b_h[0], &h0[0, 0], m_ptr, &act_codes[0],
                      &act_ab[0, 0], <floating>clip, reset_after, reverse, &z_ws[0, 0, 0], &hz_ws[0, 0, 0],
-                     &y_out[0, 0, 0], &hT_out[0, 0], g_ptr, T, B, I, H)
+                     &y_out[0, 0, 0], &hT_out[0, 0], g_ptr, T, B, I, H, wa_kept, wn_kept, wx_kept)
 
 
 # ---------------------------------------------------------------------------------------------------------

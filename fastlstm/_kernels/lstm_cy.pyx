@@ -37,7 +37,7 @@ from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
 from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, ROWVEC_MIN_USES, TRANS, Packed64,
                                       Stepper, WeightPacks, fl_alloc, fl_free, fl_gemv_packed64, fl_pack_units,
-                                      fl_units_size, gemm, input_panels, matmul_acc, pack_weights)
+                                      fl_units_size, gemm, matmul_acc, pack_weights)
 
 cdef extern from *:
     """
@@ -288,8 +288,9 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
                         floating* z_ws, floating* y, floating* hT, floating* cT, floating* gates_out,
                         floating* cs_out, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                         const float* wh_kept, const float* wx_kept) noexcept nogil:
-    """wh_kept: w_h packed by units when _unit_steps applies; wx_kept: w_x in 16-column panels when input_panels
-    applies (a WeightPacks' copies, see lstm_forward); else NULL: packed here when that pays."""
+    """wh_kept, wx_kept: w_h and w_x packed as this call would pack them (by units when _unit_steps applies, else
+    pack_weights' layout for B rows, and for T*B rows past GEMV_MAX_ROWS), copies a WeightPacks keeps (see
+    lstm_forward); or NULL: packed here when that pays, and freed on return."""
     cdef Py_ssize_t G = 4 * H, r, k, t, bi
     cdef bint training = gates_out != NULL, valid
     cdef bint fast = _default_gates(codes, p != NULL, clip, input_forget)
@@ -302,16 +303,18 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     # w_h packed once for the per-step products (float32, small batches; NULL otherwise): for a batch-1
     # inference with the default gate pass in unit-interleaved panels (fl_lstm_units_step), else by pack_weights
     cdef bint units = floating is float and _unit_steps(B, T, fast, training)
-    cdef float *w_packed = NULL
-    cdef float *wx_packed = NULL
-    if units and wh_kept == NULL:
-        w_packed = <float*>fl_alloc(fl_units_size(<int>H, <int>H, 4) * sizeof(float))
-        units = w_packed != NULL
+    cdef float *w_own = NULL
+    cdef float *wx_own = NULL
+    cdef const float *w_packed = wh_kept
+    if w_packed == NULL:
         if units:
-            fl_pack_units(<int>H, <int>H, 4, <const float*>w_h, <int>G, w_packed)
-    if not units:
-        w_packed = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
-    cdef const float *wh_steps = wh_kept if units and wh_kept != NULL else w_packed
+            w_own = <float*>fl_alloc(fl_units_size(<int>H, <int>H, 4) * sizeof(float))
+            units = w_own != NULL
+            if units:
+                fl_pack_units(<int>H, <int>H, 4, <const float*>w_h, <int>G, w_own)
+        if not units:
+            w_own = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
+        w_packed = w_own
     if I == 0:
         # projected input: z_ws holds x @ w_x already;  z_ws += b
         for r in range(T * B):
@@ -322,11 +325,11 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
             _copy(z_ws + r * G, b, G)
         # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
         # never waits on BLAS worker threads)
-        if wx_kept == NULL:
-            wx_packed = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B) if input_panels(T * B) else NULL
+        if wx_kept == NULL and T * B > GEMV_MAX_ROWS:
+            wx_own = pack_weights(<int>I, <int>G, w_x, <int>G, False, T * B)
         matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False,
-                   wx_kept if wx_kept != NULL else wx_packed, z_ws, <int>G)
-        fl_free(wx_packed)
+                   wx_kept if wx_kept != NULL else wx_own, z_ws, <int>G)
+        fl_free(wx_own)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
@@ -342,7 +345,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         if floating is float:
             if units:
                 if mask == NULL or mask[t] != 0:
-                    fl_lstm_units_step(<int>H, h_prev, wh_steps, zt, c_prev, ct, yt, <int>H, k & 1)
+                    fl_lstm_units_step(<int>H, h_prev, w_packed, zt, c_prev, ct, yt, <int>H, k & 1)
                 else:
                     _copy(yt, h_prev, H)          # a masked step keeps the state
                 h_prev = yt
@@ -366,7 +369,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     _copy(hT, h_prev, B * H)
     if training:
         _copy(cT, c_prev, B * H)
-    fl_free(w_packed)
+    fl_free(w_own)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const floating[:, ::1] w_h,
@@ -380,6 +383,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H)
     OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) | (0, 0, 0)
+    packs: a _blas.WeightPacks that keeps the packed w_h and w_x across calls with these same weight arrays
+    (their values unchanged), or None: packed per call
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0]
     cdef bint training = gates_out.shape[0] > 0
@@ -393,8 +398,10 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
         if packs is not None:
             if _unit_steps(B, T, _default_gates(&act_codes[0], p_ptr != NULL, clip, input_forget), training):
                 wh_kept = packs.units(&w_h[0, 0], <int>H, <int>H, 4, <int>(4 * H))
-            if I > 0 and input_panels(T * B):
-                wx_kept = packs.panels(&w_x[0, 0], <int>I, <int>(4 * H), <int>(4 * H))
+            else:
+                wh_kept = packs.packed(&w_h[0, 0], <int>H, <int>(4 * H), <int>(4 * H), B, T)
+            if I > 0 and T * B > GEMV_MAX_ROWS:
+                wx_kept = packs.packed(&w_x[0, 0], <int>I, <int>(4 * H), <int>(4 * H), T * B, 2)
     with nogil:
         _lstm_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b[0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr,
                       &act_codes[0], &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0],

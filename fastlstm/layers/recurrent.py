@@ -570,9 +570,9 @@ class GRU(RNN):
         else:
             y, z_ws, hz_ws, gates = ws["y"], ws["z"], ws["z2"], ws["gates"]
         w_x = p["w_x"] if x_tm.shape[2] else p["w_x"][:0]
-        get_backend().gru_forward(x_tm, w_x, p["w_h"], p["b_x"], p["b_h"], states0[0], m,
-                                  p["act_codes"], p["act_ab"], 0.0, self.reset_after, self.go_backwards,
-                                  z_ws, hz_ws, y, hT, gates)
+        kern = get_backend()
+        kern.gru_forward(x_tm, w_x, p["w_h"], p["b_x"], p["b_h"], states0[0], m, p["act_codes"], p["act_ab"], 0.0,
+                         self.reset_after, self.go_backwards, z_ws, hz_ws, y, hT, gates, **packs_kw(kern, p))
         return y, [hT]
 
     def _kernel_backward(self, ctx, dy, dfinal):

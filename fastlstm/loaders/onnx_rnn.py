@@ -373,9 +373,10 @@ class GruNode(_RnnNode):
         hT = np.empty((N, H), dt)
         codes, ab = self.acts[d]
         zx, zh = self._scratch((T, N, 3 * H), dt), self._scratch((T, N, 3 * H), dt)
-        get_backend().gru_forward(x, p["w_x"], p["w_h"], p["b_x"], p["b_h"], states[0], mask, codes, ab,
-                                  self.clip, self.linear_before_reset, self.reverse or d == 1,
-                                  zx, zh, y, hT, _none3(dt))
+        kern = get_backend()
+        kern.gru_forward(x, p["w_x"], p["w_h"], p["b_x"], p["b_h"], states[0], mask, codes, ab, self.clip,
+                         self.linear_before_reset, self.reverse or d == 1, zx, zh, y, hT, _none3(dt),
+                         **packs_kw(kern, p))
         self._give_back(zx, zh)
         return y, [hT]
 
