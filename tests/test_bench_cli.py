@@ -58,6 +58,16 @@ def test_bench_writes_json_and_chart(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("workload", ["gru_b1_t12_i8_h16", "lstm_b1_t12_i8_h16", "gru_b3_t5_i8_h16"])
+def test_every_cell_and_batch_verifies(tmp_path, workload):
+    """Every backend passes verification on GRU and LSTM workloads, batch 1 (packed steps, kept packs) and small
+    batches: the kernel runs with the benchmark's own arguments (packs included) give the reference's numbers."""
+    rc, res, _ = _bench(tmp_path, "--quick", "--workloads", workload, "--png", "")
+    (run,) = res["workloads"][0]["runs"]
+    assert rc == 0 and res["ok"], res["failures"]
+    assert all(d["ok"] for d in run["verify"].values()) and set(res["backends"]) - {"reference"} <= set(run["times_s"])
+
+
 def test_broken_kernel_fails_verification_and_is_not_timed(tmp_path, monkeypatch, capsys):
     be = _fast_backend()
     k = _kernels.get_backend(be)
