@@ -743,10 +743,10 @@ def numba_backend(monkeypatch):
     flag = {"forbid": False}
 
     def guarded(name):
-        def kern(*args):
+        def kern(*args, **kw):
             if flag["forbid"]:
                 raise AssertionError(f"the session fell back to numba {name} instead of the stepper")
-            return kernels[name](*args)
+            return kernels[name](*args, **kw)
         return kern
 
     for name in kernels:

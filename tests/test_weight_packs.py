@@ -9,11 +9,12 @@ from fastlstm._kernels.args import copy_args, gru_args, lstm_args
 
 from conftest import BACKENDS
 
-pytestmark = pytest.mark.skipif("cython" not in BACKENDS, reason="the Cython extension is not built")
+needs_cython = pytest.mark.skipif("cython" not in BACKENDS, reason="the Cython extension is not built")
 
 OUT = ("y_out", "hT_out", "cT_out")
 
 
+@needs_cython
 @pytest.mark.parametrize("shape", [(100, 1, 16, 24), (12, 1, 5, 66), (9, 3, 7, 8), (3, 1, 4, 4)], ids=str)
 @pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
 def test_kept_packs_give_the_per_call_results(shape, opts):
@@ -30,7 +31,7 @@ def test_kept_packs_give_the_per_call_results(shape, opts):
     # w_h: by units (batch 1, T >= 8), 64-column panels (batch 1 with the general gates: not here), 16-column
     # panels (1 < B < 128); w_x in 16-column panels for 8 < T * B < 128 rows
     expected = int(B == 1 and T >= 8 or 1 < B < 128) + int(8 < T * B < 128)
-    assert len(holder["packs"]) == expected
+    assert len(holder[("packs", "cython")]) == expected
     ref = copy_args(args)
     lstm_ref.lstm_forward(*ref.values())
     np.testing.assert_allclose(kept["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
@@ -39,6 +40,7 @@ def test_kept_packs_give_the_per_call_results(shape, opts):
 @pytest.mark.parametrize("shape", [(100, 1, 16, 24), (12, 1, 5, 66), (9, 3, 7, 8), (3, 1, 4, 4)], ids=str)
 @pytest.mark.parametrize("opts", [{}, dict(reset_after=False, mask="random", reverse=True)],
                          ids=["after", "before_mask_reverse"])
+@needs_cython
 def test_gru_kept_packs_give_the_per_call_results(shape, opts):
     k = get_backend("cython")
     args = gru_args(*shape, np.float32, np.random.default_rng(4), **opts)
@@ -52,12 +54,13 @@ def test_gru_kept_packs_give_the_per_call_results(shape, opts):
     T, B = shape[:2]
     n_wh = 1 if opts.get("reset_after", True) else 2
     expected = n_wh * int(B == 1 and T >= 8 or 1 < B < 128) + int(8 < T * B < 128)
-    assert len(holder["packs"]) == expected
+    assert len(holder[("packs", "cython")]) == expected
     ref = copy_args(args)
     gru_ref.gru_forward(*ref.values())
     np.testing.assert_allclose(kept["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
 
 
+@needs_cython
 def test_other_weight_arrays_get_their_own_packs():
     k = get_backend("cython")
     holder = {}
@@ -65,16 +68,36 @@ def test_other_weight_arrays_get_their_own_packs():
     b = lstm_args(20, 1, 6, 8, np.float32, np.random.default_rng(1))
     k.lstm_forward(*a.values(), **packs_kw(k, holder))
     k.lstm_forward(*b.values(), **packs_kw(k, holder))
-    assert len(holder["packs"]) == 4
+    assert len(holder[("packs", "cython")]) == 4
     ref = copy_args(b)
     lstm_ref.lstm_forward(*ref.values())
     np.testing.assert_allclose(b["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
 
 
-def test_non_cython_backends_get_no_packs():
+def test_reference_gets_no_packs():
     assert packs_kw(get_backend("reference"), {}) == {}
 
 
+@pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
+@pytest.mark.parametrize("shape", [(30, 1, 6, 20), (9, 3, 7, 8)], ids=str)
+def test_numba_kept_panels_give_the_per_call_results(shape):
+    k = get_backend("numba")
+    args = lstm_args(*shape, np.float32, np.random.default_rng(6))
+    plain, kept = copy_args(args), copy_args(args)
+    k.lstm_forward(*plain.values())
+    holder = {}
+    for _ in range(2):       # (the input product on kept panels sums in another order than np.dot)
+        k.lstm_forward(*kept.values(), **packs_kw(k, holder))
+        np.testing.assert_allclose(kept["y_out"], plain["y_out"], rtol=1e-5, atol=1e-6)
+    assert len(holder[("packs", "numba")]) == 2        # w_h for the steps, w_x for the input product
+    g = gru_args(*shape, np.float32, np.random.default_rng(6))
+    g_plain, g_kept = copy_args(g), copy_args(g)
+    k.gru_forward(*g_plain.values())
+    k.gru_forward(*g_kept.values(), **packs_kw(k, holder))
+    np.testing.assert_array_equal(g_kept["y_out"], g_plain["y_out"])
+
+
+@needs_cython
 def test_layer_packs_again_after_set_weights():
     fastlstm.set_backend("cython")
     try:
@@ -93,6 +116,7 @@ def test_layer_packs_again_after_set_weights():
         fastlstm.set_backend("auto")
 
 
+@needs_cython
 @pytest.mark.parametrize("K, N", [(37, 45), (128, 512), (400, 16)], ids=str)
 def test_packed_gemm_every_row_count(K, N):
     """The packed register-tile GEMM (_blas.fl_gemm_packed: 6-row tiles, the last 7-9 rows as 4 + 3, 4 + 4,

@@ -4,7 +4,8 @@
     gru_forward,  gru_backward       (contract: gru_ref.py)
 
 `get_backend(name)` returns a namespace with those four (cython and numba also have LSTMStepper, GRUStepper and
-Packed64, batch-1 streaming steps over packed weights; cython also ChainStepper, compiled batch-1 chain steps). "auto" picks cython
+Packed64, batch-1 streaming steps over packed weights, and WeightPacks, packed weights kept across forward calls
+(packs_kw); cython also ChainStepper, compiled batch-1 chain steps). "auto" picks cython
 when the extension is built, else numba; a backend asked for by name that is not available raises ImportError.
 """
 import importlib
@@ -60,8 +61,10 @@ def get_backend(name="auto"):
         _cache[name] = types.SimpleNamespace(
             name=name, lstm_forward=lstm_mod.lstm_forward, lstm_backward=lstm_mod.lstm_backward,
             gru_forward=gru_mod.gru_forward, gru_backward=gru_mod.gru_backward)
-        if name == "numba":      # batch-1 streaming steps over packed weights (stream.py), when jitted
+        if name == "numba":      # recurrent weights packed once per layer; batch-1 streaming steps (stream.py)
             from . import step_numba
+            from ._numba_common import KeptPanels
+            _cache[name].WeightPacks = KeptPanels
             if step_numba.AVAILABLE:
                 _cache[name].LSTMStepper = step_numba.LSTMStepper
                 _cache[name].GRUStepper = step_numba.GRUStepper
@@ -81,14 +84,17 @@ def get_backend(name="auto"):
 
 
 def packs_kw(kernels, holder):
-    """Keyword arguments for kernels.lstm_forward / gru_forward: {"packs": a _blas.WeightPacks kept in `holder`} for
-    the Cython backend, else {}. `holder` is a dict the caller drops whenever its weights change (a layer's cast
-    weights), since the packed copies are made once from the arrays it passes."""
-    if kernels.name != "cython":
+    """Keyword arguments for kernels.lstm_forward / gru_forward: {"packs": the backend's kept packed weights (Cython:
+    _blas.WeightPacks; Numba: _numba_common.KeptPanels), kept in `holder`}, or {} for the reference. `holder` is a
+    dict the caller drops whenever its weights change (a layer's cast weights), since the packed copies are made
+    once from the arrays it passes."""
+    make = getattr(kernels, "WeightPacks", None)
+    if make is None:
         return {}
-    packs = holder.get("packs")
+    key = ("packs", kernels.name)
+    packs = holder.get(key)
     if packs is None:
-        packs = holder["packs"] = kernels.WeightPacks()
+        packs = holder[key] = make()
     return {"packs": packs}
 
 

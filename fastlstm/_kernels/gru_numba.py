@@ -46,9 +46,17 @@ def _recurrent_blocks(w_h, reset_after, transpose, packed, B):
             pack_for_steps(w_n, transpose, packed), B)
 
 
-@njit(**NUMBA_FLAGS)
 def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
-                z_ws, hz_ws, y_out, hT_out, gates_out):
+                z_ws, hz_ws, y_out, hT_out, gates_out, packs=None):
+    """Same contract as gru_ref.gru_forward (packs: accepted for the common call, not used: the GRU packs
+    per call)."""
+    _gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
+                 z_ws, hz_ws, y_out, hT_out, gates_out)
+
+
+@njit(**NUMBA_FLAGS)
+def _gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
+                 z_ws, hz_ws, y_out, hT_out, gates_out):
     """Same contract as gru_ref.gru_forward.
     IN   x (T, B, I)  w_x (I, 3H)  w_h (H, 3H)  b_x, b_h (3H,)  h0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws, hz_ws (T, B, 3H)

@@ -16,9 +16,9 @@ import numpy as np
 from numba import njit
 
 from ..config import NUMBA_FLAGS
-from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
-                            clip_grad_row, clip_row, dact_row, pack_for_steps, sigmoid, step_buffer,
-                            step_input_buffer, step_matmul, tanh, use_packed)
+from ._numba_common import (ONE, act_row, input_matmul, input_on_panels, no_panels, add_column_sums, add_hprev_outer,
+                            add_outer_product, cast_like, clip_grad_row, clip_row, dact_row, pack_for_steps, sigmoid,
+                            step_buffer, step_input_buffer, step_matmul, tanh, use_packed)
 from .acts import SIGMOID, TANH
 
 
@@ -32,10 +32,15 @@ def _add_row(z, b, hz):
 
 
 @njit(**NUMBA_FLAGS)
-def _cell_row(zi, zf, zg, zo, c, y):
-    """c = f * c + i * g;  y = o * tanh(c)   with i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g)."""
-    for j in range(c.shape[0]):
-        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
+def _cell_row_sum(z, b, hz, c, y):
+    """c = f * c + i * g;  y = o * tanh(c)   with i, f, o = sigmoid, g = tanh of the pre-activations (z + b) + hz
+    (the reference's rounding order) in one pass: inference, where z_ws is scratch."""
+    H = c.shape[0]
+    for j in range(H):
+        i = sigmoid((z[j] + b[j]) + hz[j])
+        f = sigmoid((z[H + j] + b[H + j]) + hz[H + j])
+        g = tanh((z[2 * H + j] + b[2 * H + j]) + hz[2 * H + j])
+        o = sigmoid((z[3 * H + j] + b[3 * H + j]) + hz[3 * H + j])
         c_new = f * c[j] + i * g
         c[j] = c_new
         y[j] = o * tanh(c_new)
@@ -43,7 +48,8 @@ def _cell_row(zi, zf, zg, zo, c, y):
 
 @njit(**NUMBA_FLAGS)
 def _cell_row_gates(zi, zf, zg, zo, c, y, gi, gf, gg, go):
-    """_cell_row, also storing the activated gates."""
+    """c = f * c + i * g;  y = o * tanh(c)   with i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g), also storing
+    the activated gates."""
     for j in range(c.shape[0]):
         i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
         gi[j], gf[j], gg[j], go[j] = i, f, g, o
@@ -69,14 +75,29 @@ def _cell_row_backward(dh, dy, gi, gf, gg, go, c, c_prev, dc, dzi, dzf, dzg, dzo
 
 
 
-@njit(**NUMBA_FLAGS)
 def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
-                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out):
+                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out, packs=None):
     """Same contract as lstm_ref.lstm_forward.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H)
     OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) | (0, 0, 0)
+    packs: a KeptPanels that keeps the packed w_h across calls with this same w_h (values unchanged), or None
     """
+    T, B, I = x.shape
+    kept_h = kept_x = no_panels(z_ws)
+    if packs is not None:
+        kept_h = packs.panels(w_h, z_ws, B, T)
+        if I > 0 and input_on_panels(T * B, z_ws.shape[2]):
+            kept_x = packs.panels(w_x, z_ws, T * B, 2)
+    _lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
+                  z_ws, y_out, hT_out, cT_out, gates_out, cs_out, kept_h, kept_x)
+
+
+@njit(**NUMBA_FLAGS)
+def _lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
+                  z_ws, y_out, hT_out, cT_out, gates_out, cs_out, w_h_kept, w_x_kept):
+    """lstm_forward; w_h_kept: w_h packed for these steps, w_x_kept: w_x in 16-column panels when
+    input_on_panels (KeptPanels), or shape (0, 1, 16): w_h packed here, X @ W_x by np.dot."""
     T, B, I = x.shape
     H = w_h.shape[0]
     G = 4 * H
@@ -92,11 +113,11 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
     # z_ws = X @ W_x   for all T*B rows at once
     # (projected input, I == 0: z_ws already holds it)
     if T * B > 0 and I > 0:
-        np.dot(x.reshape(T * B, I), w_x, z_ws.reshape(T * B, G))
+        input_matmul(x.reshape(T * B, I), w_x, w_x_kept, z_ws.reshape(T * B, G))
     cT_out[:] = c0
     # per-step h_prev @ W_h: W_h packed once for the float32 register tiles (see _numba_common), else np.dot
     packed = use_packed(z_ws, B, T)
-    w_h_packed = pack_for_steps(w_h, False, packed)
+    w_h_packed = w_h_kept if w_h_kept.shape[0] > 0 else pack_for_steps(w_h, False, packed)
     h_pad = step_input_buffer(B, H, packed, z_ws)
     hz = step_buffer(B, G, packed, z_ws)       # h_prev @ W_h
     gate_buf = np.empty(G, z_ws.dtype)         # activated gates when not training
@@ -115,14 +136,14 @@ def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input
             valid = (not has_mask) or mask[t, r] != 0
             zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:]
             gi, gf, gg, go = gate[:H], gate[H:2 * H], gate[2 * H:3 * H], gate[3 * H:]
+            if fused and valid and not training:
+                _cell_row_sum(z, b, hzr, c, y_out[t, r])
+                continue
             # z = (x_t @ w_x + b) + h_prev @ w_h   (the reference's rounding order)
             _add_row(z, b, hzr)
             if fused and valid:
-                if training:
-                    _cell_row_gates(zi, zf, zg, zo, c, y_out[t, r], gi, gf, gg, go)
-                    cs_out[t, r, :] = c
-                else:
-                    _cell_row(zi, zf, zg, zo, c, y_out[t, r])
+                _cell_row_gates(zi, zf, zg, zo, c, y_out[t, r], gi, gf, gg, go)
+                cs_out[t, r, :] = c
                 continue
             if peep:
                 for j in range(H):
