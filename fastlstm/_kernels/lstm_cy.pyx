@@ -15,8 +15,10 @@ product into z_ws[t] and one fused gate pass per row. Backward: per step the gat
 dh_prev = dz @ w_h^T; at the end dx as one GEMM over all T*B rows and [dw_x; dw_h] as one GEMM
 [x, h_prev]^T @ dz (one pass over dz; [x, h_prev] copied chunk by chunk into a scratch).
 The per-step products go through _blas.matmul_acc: a GEMV when B == 1; for float32 and 1 < B < 128 a
-register-tile kernel on w_h (w_h^T in backward) packed once per call (one malloc of the size of w_h,
-freed on return); otherwise BLAS gemm. A batch-1 float32 inference with the default gate pass (T >= 8) instead
+register-tile kernel on w_h (w_h^T in backward) packed once per call, or kept across calls by the caller's
+_blas.WeightPacks (`packs`); otherwise BLAS gemm. With those tiles (1 < B < 128) the backward computes dx step by
+step as well (dx[t] = dz_t @ w_x^T while dz_t is in cache), and so does the forward for the input product when
+the inputs are narrow (_input_rows). A batch-1 float32 inference with the default gate pass (T >= 8) instead
 packs w_h by units (16 units of the four gates per panel) and runs fl_lstm_units_step, which overlaps each panel's
 gate pass with the next panel's product (software pipelining; same arithmetic bit for bit).
 
