@@ -154,16 +154,14 @@ cdef extern from *:
     }
 
     #if FL_PACKED_GEMM
-    /* y[0:64] += x (K) @ w, w a K x 64 block whose rows lie `stride` floats apart (a row-major matrix's 64
-       columns, or a packed 64-column panel: stride 64, read as one stream, prefetched 8 rows ahead when
-       `prefetch`). 8 independent accumulators cover the FMA latency (4 cycles) times its throughput (2 per
-       cycle). prefetch is a constant after inlining. */
-    static inline __attribute__((always_inline)) void fl_row64(int K, const float *x, const float *w, size_t stride,
-                                                               const int prefetch, float *y) {
-        __m256 c0 = _mm256_loadu_ps(y), c1 = _mm256_loadu_ps(y + 8), c2 = _mm256_loadu_ps(y + 16),
-               c3 = _mm256_loadu_ps(y + 24), c4 = _mm256_loadu_ps(y + 32), c5 = _mm256_loadu_ps(y + 40),
-               c6 = _mm256_loadu_ps(y + 48), c7 = _mm256_loadu_ps(y + 56);
-        for (int k = 0; k < K; k++, w += stride) {
+    /* c[0:8] (64 sums) += x[k] * w[k, 0:64] for k0 <= k < k1, w a block of 64-float rows `stride` floats apart
+       (a row-major matrix's 64 columns, or a packed 64-column panel: stride 64, read as one stream, prefetched
+       8 rows ahead when `prefetch`). 8 independent accumulators cover the FMA latency (4 cycles) times its
+       throughput (2 per cycle). prefetch is a constant and c lives in registers after inlining. */
+    static inline __attribute__((always_inline)) void fl_rows64(int k0, int k1, const float *x, const float *w,
+                                                                size_t stride, const int prefetch, __m256 *c) {
+        w += (size_t)k0 * stride;
+        for (int k = k0; k < k1; k++, w += stride) {
             if (prefetch) {
                 _mm_prefetch((const char *)(w + 8 * stride), _MM_HINT_T0);
                 _mm_prefetch((const char *)(w + 8 * stride + 16), _MM_HINT_T0);
@@ -171,18 +169,18 @@ cdef extern from *:
                 _mm_prefetch((const char *)(w + 8 * stride + 48), _MM_HINT_T0);
             }
             __m256 a = _mm256_broadcast_ss(x + k);
-            c0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w), c0);
-            c1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 8), c1);
-            c2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 16), c2);
-            c3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 24), c3);
-            c4 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 32), c4);
-            c5 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 40), c5);
-            c6 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 48), c6);
-            c7 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 56), c7);
+            for (int v = 0; v < 8; v++)
+                c[v] = _mm256_fmadd_ps(a, _mm256_loadu_ps(w + 8 * v), c[v]);
         }
-        _mm256_storeu_ps(y, c0); _mm256_storeu_ps(y + 8, c1); _mm256_storeu_ps(y + 16, c2);
-        _mm256_storeu_ps(y + 24, c3); _mm256_storeu_ps(y + 32, c4); _mm256_storeu_ps(y + 40, c5);
-        _mm256_storeu_ps(y + 48, c6); _mm256_storeu_ps(y + 56, c7);
+    }
+
+    /* y[0:64] += x (K) @ w (fl_rows64's block) */
+    static inline __attribute__((always_inline)) void fl_row64(int K, const float *x, const float *w, size_t stride,
+                                                               const int prefetch, float *y) {
+        __m256 c[8];
+        for (int v = 0; v < 8; v++) c[v] = _mm256_loadu_ps(y + 8 * v);
+        fl_rows64(0, K, x, w, stride, prefetch, c);
+        for (int v = 0; v < 8; v++) _mm256_storeu_ps(y + 8 * v, c[v]);
     }
     #endif
 

@@ -61,44 +61,20 @@ cdef extern from *:
         float pend[64] __attribute__((aligned(32)));  /* the previous panel: z, then gates, per 8 units */
         for (int qq = 0; qq <= nq; qq++) {
             int has = qq < nq, q = back ? nq - 1 - qq : qq, u0 = 16 * q, nu = H - u0 < 16 ? H - u0 : 16;
-            __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+            __m256 c[8];
             const float *w = Wu + (size_t)q * K * 64;
             __m256i n0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nu), lane);
             __m256i n1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nu - 8), lane);
-            if (has) {
-                const float *zq = zx + u0;
-                if (nu == 16) {
-                    c0 = _mm256_loadu_ps(zq); c1 = _mm256_loadu_ps(zq + 8);
-                    c2 = _mm256_loadu_ps(zq + H); c3 = _mm256_loadu_ps(zq + H + 8);
-                    c4 = _mm256_loadu_ps(zq + 2 * H); c5 = _mm256_loadu_ps(zq + 2 * H + 8);
-                    c6 = _mm256_loadu_ps(zq + 3 * H); c7 = _mm256_loadu_ps(zq + 3 * H + 8);
-                } else {
-                    c0 = _mm256_maskload_ps(zq, n0); c1 = _mm256_maskload_ps(zq + 8, n1);
-                    c2 = _mm256_maskload_ps(zq + H, n0); c3 = _mm256_maskload_ps(zq + H + 8, n1);
-                    c4 = _mm256_maskload_ps(zq + 2 * H, n0); c5 = _mm256_maskload_ps(zq + 2 * H + 8, n1);
-                    c6 = _mm256_maskload_ps(zq + 3 * H, n0); c7 = _mm256_maskload_ps(zq + 3 * H + 8, n1);
+            for (int v = 0; v < 8; v++) c[v] = _mm256_setzero_ps();
+            if (has) {      /* c = zx for the panel's units: i | f | g | o, 16 each (8 per vector) */
+                for (int v = 0; v < 8; v++) {
+                    const float *zq = zx + (size_t)(v / 2) * H + u0 + 8 * (v % 2);
+                    c[v] = nu == 16 ? _mm256_loadu_ps(zq) : _mm256_maskload_ps(zq, v % 2 ? n1 : n0);
                 }
             }
             for (int s = 0; s < 8; s++) {
-                if (has) {
-                    /* eighth s of the product: the rows k0 <= k < k1 */
-                    const float *wk = w + (size_t)(s * K / 8) * 64;
-                    for (int k = s * K / 8; k < (s + 1) * K / 8; k++, wk += 64) {
-                        _mm_prefetch((const char *)(wk + 512), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(wk + 512 + 16), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(wk + 512 + 32), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(wk + 512 + 48), _MM_HINT_T0);
-                        __m256 ak = _mm256_broadcast_ss(a + k);
-                        c0 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk), c0);
-                        c1 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 8), c1);
-                        c2 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 16), c2);
-                        c3 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 24), c3);
-                        c4 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 32), c4);
-                        c5 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 40), c5);
-                        c6 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 48), c6);
-                        c7 = _mm256_fmadd_ps(ak, _mm256_loadu_ps(wk + 56), c7);
-                    }
-                }
+                if (has)    /* eighth s of the product: the rows s K / 8 <= k < (s + 1) K / 8 */
+                    fl_rows64(s * K / 8, (s + 1) * K / 8, a, w, 64, 1, c);
                 if (pu0 < 0)
                     continue;
                 /* stage s of the previous panel's gate pass (pend: z_i, z_f, z_g, z_o, 16 each) */
@@ -138,9 +114,7 @@ cdef extern from *:
                 }
             }
             if (has) {
-                _mm256_store_ps(pend, c0); _mm256_store_ps(pend + 8, c1); _mm256_store_ps(pend + 16, c2);
-                _mm256_store_ps(pend + 24, c3); _mm256_store_ps(pend + 32, c4); _mm256_store_ps(pend + 40, c5);
-                _mm256_store_ps(pend + 48, c6); _mm256_store_ps(pend + 56, c7);
+                for (int v = 0; v < 8; v++) _mm256_store_ps(pend + 8 * v, c[v]);
                 pu0 = u0;
                 m0 = n0;
                 m1 = n1;
