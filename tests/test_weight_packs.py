@@ -11,52 +11,37 @@ from conftest import BACKENDS
 
 needs_cython = pytest.mark.skipif("cython" not in BACKENDS, reason="the Cython extension is not built")
 
-OUT = ("y_out", "hT_out", "cT_out")
+
+
+CELLS = {"lstm": (lstm_args, lstm_ref.lstm_forward, ("y_out", "hT_out", "cT_out")),
+         "gru": (gru_args, gru_ref.gru_forward, ("y_out", "hT_out"))}
 
 
 @needs_cython
 @pytest.mark.parametrize("shape", [(100, 1, 16, 24), (12, 1, 5, 66), (9, 3, 7, 8), (3, 1, 4, 4)], ids=str)
-@pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
-def test_kept_packs_give_the_per_call_results(shape, opts):
+@pytest.mark.parametrize("cell, opts", [("lstm", {}), ("lstm", dict(mask="random", reverse=True)), ("gru", {}),
+                                        ("gru", dict(reset_after=False, mask="random", reverse=True))],
+                         ids=["lstm", "lstm_mask_reverse", "gru", "gru_before_mask_reverse"])
+def test_kept_packs_give_the_per_call_results(cell, shape, opts):
+    make, ref_forward, outs = CELLS[cell]
     k = get_backend("cython")
-    args = lstm_args(*shape, np.float32, np.random.default_rng(3), **opts)
+    forward = getattr(k, f"{cell}_forward")
+    args = make(*shape, np.float32, np.random.default_rng(3), **opts)
     plain, kept = copy_args(args), copy_args(args)
-    k.lstm_forward(*plain.values())
+    forward(*plain.values())
     holder = {}
     for _ in range(3):          # the first call packs, the later ones reuse
-        k.lstm_forward(*kept.values(), **packs_kw(k, holder))
-        for n in OUT:
+        forward(*kept.values(), **packs_kw(k, holder))
+        for n in outs:
             np.testing.assert_array_equal(kept[n], plain[n], err_msg=n)
     T, B = shape[:2]
-    # w_h: by units (batch 1, T >= 8), 64-column panels (batch 1 with the general gates: not here), 16-column
-    # panels (1 < B < 128); w_x in 16-column panels for 8 < T * B < 128 rows
-    expected = int(B == 1 and T >= 8 or 1 < B < 128) + int(8 < T * B < 128)
-    assert len(holder[("packs", "cython")]) == expected
-    ref = copy_args(args)
-    lstm_ref.lstm_forward(*ref.values())
-    np.testing.assert_allclose(kept["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("shape", [(100, 1, 16, 24), (12, 1, 5, 66), (9, 3, 7, 8), (3, 1, 4, 4)], ids=str)
-@pytest.mark.parametrize("opts", [{}, dict(reset_after=False, mask="random", reverse=True)],
-                         ids=["after", "before_mask_reverse"])
-@needs_cython
-def test_gru_kept_packs_give_the_per_call_results(shape, opts):
-    k = get_backend("cython")
-    args = gru_args(*shape, np.float32, np.random.default_rng(4), **opts)
-    plain, kept = copy_args(args), copy_args(args)
-    k.gru_forward(*plain.values())
-    holder = {}
-    for _ in range(3):
-        k.gru_forward(*kept.values(), **packs_kw(k, holder))
-        for n in ("y_out", "hT_out"):
-            np.testing.assert_array_equal(kept[n], plain[n], err_msg=n)
-    T, B = shape[:2]
-    n_wh = 1 if opts.get("reset_after", True) else 2
+    # w_h: by units (LSTM batch 1, T >= 8), 64-column panels (GRU batch 1, T >= 8), 16-column panels
+    # (1 < B < 128; reset_before GRU: two blocks of w_h); w_x in 16-column panels for 8 < T * B < 128 rows
+    n_wh = 2 if cell == "gru" and not opts.get("reset_after", True) else 1
     expected = n_wh * int(B == 1 and T >= 8 or 1 < B < 128) + int(8 < T * B < 128)
     assert len(holder[("packs", "cython")]) == expected
     ref = copy_args(args)
-    gru_ref.gru_forward(*ref.values())
+    ref_forward(*ref.values())
     np.testing.assert_allclose(kept["y_out"], ref["y_out"], rtol=1e-4, atol=1e-5)
 
 
