@@ -588,16 +588,19 @@ def step_input_buffer(B, K, packed, like):
 
 
 @njit(**NUMBA_FLAGS)
-def step_matmul(a, w, wp, a_pad, copy_a, out):
+def step_matmul(a, w, wp, a_pad, copy_a, out, back=False):
     """out = a @ w for one step: packed tiles when wp holds panels, else np.dot. a (B, K); out (B, N), or
     (Mp, Np) when packed: rows >= B and columns >= N are padding. Packed, the tiles read a_pad (Mp, K): a is
-    copied into it when copy_a, else a is a_pad already (its padding rows zero)."""
+    copied into it when copy_a, else a is a_pad already (its padding rows zero). One row: the 64-column panels
+    last to first when `back` (alternate it from step to step: each sweep then starts on the panels the previous
+    one left in cache)."""
     if wp.shape[0] > 0:
         if copy_a:
             a_pad[:a.shape[0]] = a
         if wp.shape[2] == ROW_TILE_COLS:      # one row: out[0, 64p:64p+64] = a[0] @ Wp[p]
-            K = wp.shape[1]
-            for p in range(wp.shape[0]):
+            K, P = wp.shape[1], wp.shape[0]
+            for q in range(P):
+                p = P - 1 - q if back else q
                 _tile_1x64(a_pad, 0, K, wp, p * K * ROW_TILE_COLS, out, p * ROW_TILE_COLS, out.shape[1], K)
         else:
             packed_matmul(a_pad, wp, out)

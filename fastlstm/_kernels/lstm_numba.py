@@ -127,7 +127,7 @@ def _lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
     for k in range(T):
         t = T - 1 - k if reverse else k
         # hz = h_prev @ W_h
-        step_matmul(h_prev, w_h, w_h_packed, h_pad, True, hz)
+        step_matmul(h_prev, w_h, w_h_packed, h_pad, True, hz, k % 2 == 1)
         for r in range(B):
             z = z_ws[t, r]
             hzr = hz[r]
