@@ -62,7 +62,7 @@ cdef extern from *:
         for (int qq = 0; qq <= nq; qq++) {
             int has = qq < nq, q = back ? nq - 1 - qq : qq, u0 = 16 * q, nu = H - u0 < 16 ? H - u0 : 16;
             __m256 c[8];
-            const float *w = Wu + (size_t)q * K * 64;
+            const float *w = has ? Wu + (size_t)q * K * 64 : Wu;     /* (q is out of range in the drain pass) */
             __m256i n0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nu), lane);
             __m256i n1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nu - 8), lane);
             for (int v = 0; v < 8; v++) c[v] = _mm256_setzero_ps();
