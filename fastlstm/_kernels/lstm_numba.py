@@ -16,9 +16,9 @@ import numpy as np
 from numba import njit
 
 from ..config import NUMBA_FLAGS
-from ._numba_common import (ONE, act_row, input_matmul, input_on_panels, no_panels, add_column_sums, add_hprev_outer,
-                            add_outer_product, cast_like, clip_grad_row, clip_row, dact_row, pack_for_steps, sigmoid,
-                            step_buffer, step_input_buffer, step_matmul, tanh, use_packed)
+from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
+                            clip_grad_row, clip_row, dact_row, input_matmul, input_on_panels, no_panels,
+                            pack_for_steps, sigmoid, step_buffer, step_input_buffer, step_matmul, tanh, use_packed)
 from .acts import SIGMOID, TANH
 
 
