@@ -17,7 +17,7 @@ from numba import njit
 
 from ..config import NUMBA_FLAGS
 from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
-                            clip_grad_row, clip_row, dact_row, input_matmul, input_on_panels, no_panels,
+                            clip_grad_row, dact_row, input_matmul, input_on_panels, lstm_gates_general, no_panels,
                             pack_for_steps, sigmoid, step_buffer, step_input_buffer, step_matmul, tanh, use_packed)
 from .acts import SIGMOID, TANH
 
@@ -145,30 +145,9 @@ def _lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, inpu
                 _cell_row_gates(zi, zf, zg, zo, c, y_out[t, r], gi, gf, gg, go)
                 cs_out[t, r, :] = c
                 continue
-            if peep:
-                for j in range(H):
-                    zi[j] += p[0, j] * c[j]
-                    zf[j] += p[1, j] * c[j]
-            if clip > 0:
-                clip_row(z[:3 * H], clip_t)
-            # i, f, g
-            act_row(f_code, f_a, f_b, zi, gi)
-            if input_forget:
-                for j in range(H):
-                    gf[j] = ONE - gi[j]
-            else:
-                act_row(f_code, f_a, f_b, zf, gf)
-            act_row(g_code, g_a, g_b, zg, gg)
-            # c_new = f * c_prev + i * g   (in place in the state unless the row is masked)
+            # peepholes, clip, the gates, c_new = f * c_prev + i * g (in place in the state unless the row is masked)
             c_new = c if valid else c_buf
-            for j in range(H):
-                c_new[j] = gf[j] * c[j] + gi[j] * gg[j]
-            if peep:
-                for j in range(H):
-                    zo[j] += p[2, j] * c_new[j]
-            if clip > 0:
-                clip_row(zo, clip_t)
-            act_row(f_code, f_a, f_b, zo, go)
+            lstm_gates_general(z, c, c_new, gate, p, f_code, f_a, f_b, g_code, g_a, g_b, clip_t, input_forget)
             # h = o * a_h(c_new), or the carried h_prev for a masked row
             y = y_out[t, r]
             if valid:

@@ -29,7 +29,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..config import NUMBA_FLAGS
-from ._numba_common import ONE, ROW_TILE_COLS, act_row, clip_row, pack_panels, sigmoid, tanh
+from ._numba_common import (ONE, ROW_TILE_COLS, act_row, clip_row, gemv_panels, lstm_gates_general, pack_panels,
+                            sigmoid, tanh)
 from .acts import SIGMOID, TANH
 
 _F32 = np.dtype(np.float32)
@@ -56,73 +57,6 @@ class Packed64:
 
 
 # ---- kernels ----------------------------------------------------------------------------------------------
-_PREFETCH_ROWS = 8          # the 1x64 tile prefetches the panel row this far ahead (2 KiB)
-
-
-@intrinsic
-def _row64(typingctx, x, wp, w_off, y, y_off, K):
-    """y[y_off : y_off + 64] = sum_k x[k] * wp.flat[w_off + 64 k : w_off + 64 k + 64]   (k < K; float32 arrays):
-    8 AVX accumulators over one packed 64-column panel read as one stream, prefetched _PREFETCH_ROWS rows ahead
-    (the tile of _numba_common plus the prefetch: measured 5-7% faster at H=512, where W streams from L3)."""
-    if not (isinstance(x, types.Array) and x.dtype == types.float32 and isinstance(wp, types.Array)
-            and wp.dtype == types.float32 and isinstance(y, types.Array) and y.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
-        vec = ir.VectorType(f32, 8)
-        vptr = vec.as_pointer()
-        x_data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        w_data = context.make_array(sig.args[1])(context, builder, args[1]).data
-        y_data = context.make_array(sig.args[3])(context, builder, args[3]).data
-        w_off, y_off, k_n = [builder.sext(v, i64) if v.type.width < 64 else v for v in (args[2], args[4], args[5])]
-        w_ptr = builder.gep(w_data, [w_off])
-        y_ptr = builder.gep(y_data, [y_off])
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-                                                 "llvm.fmuladd.v8f32")
-        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(),
-                                                  i32, i32, i32]), "llvm.prefetch.p0")
-        zero = ir.Constant(vec, [0.0] * 8)
-        bcast = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
-        undef = ir.Constant(vec, ir.Undefined)
-        entry = builder.block
-        loop = builder.append_basic_block("row64.loop")
-        done = builder.append_basic_block("row64.done")
-        builder.cbranch(builder.icmp_signed(">", k_n, ir.Constant(i64, 0)), loop, done)
-        builder.position_at_end(loop)
-        kk = builder.phi(i64)
-        acc = [builder.phi(vec) for _ in range(8)]
-        kk.add_incoming(ir.Constant(i64, 0), entry)
-        for v in acc:
-            v.add_incoming(zero, entry)
-        wrow = builder.gep(w_ptr, [builder.mul(kk, ir.Constant(i64, ROW_TILE_COLS))])
-        for line in range(4):           # the row _PREFETCH_ROWS ahead: four 64-byte lines (read, keep in L1)
-            ahead = builder.gep(wrow, [ir.Constant(i64, _PREFETCH_ROWS * ROW_TILE_COLS + 16 * line)])
-            builder.call(prefetch, [builder.bitcast(ahead, i8.as_pointer()), ir.Constant(i32, 0),
-                                    ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        x_k = builder.load(builder.gep(x_data, [kk]))
-        x_v = builder.shuffle_vector(builder.insert_element(undef, x_k, ir.Constant(i32, 0)), undef, bcast)
-        new = [builder.call(fmuladd, [x_v, builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, 8 * h)]),
-                                                                         vptr), align=4), acc[h]])
-               for h in range(8)]
-        k_next = builder.add(kk, ir.Constant(i64, 1))
-        loop_end = builder.block
-        kk.add_incoming(k_next, loop_end)
-        for v, n in zip(acc, new):
-            v.add_incoming(n, loop_end)
-        builder.cbranch(builder.icmp_signed("<", k_next, k_n), loop, done)
-        builder.position_at_end(done)
-        res = [builder.phi(vec) for _ in new]
-        for v, n in zip(res, new):
-            v.add_incoming(zero, entry)
-            v.add_incoming(n, loop_end)
-        for h, v in enumerate(res):
-            builder.store(v, builder.bitcast(builder.gep(y_ptr, [ir.Constant(i64, 8 * h)]), vptr), align=4)
-        return context.get_dummy_value()
-
-    return types.void(x, wp, w_off, y, y_off, K), codegen
-
-
 @intrinsic
 def _f32_ptr(typingctx, addr):
     """The float32 pointer at address addr (an int64): for numba.carray views of the stepper's own arrays."""
@@ -139,12 +73,9 @@ def _f32_ptr(typingctx, addr):
 def _gemv64(x, wp, y, flags, which):
     """y[:64P] = x (K,) @ W, W packed (P, K, 64); y padded to whole panels. flags[which] (one per matrix) flips
     on every call and picks the panel order (forward, backward)."""
-    P, K = wp.shape[0], wp.shape[1]
     back = flags[which] != 0
     flags[which] = 0 if back else 1
-    for q in range(P):
-        p = P - 1 - q if back else q
-        _row64(x, wp, p * K * ROW_TILE_COLS, y, p * ROW_TILE_COLS, K)
+    gemv_panels(x, wp, y, back)
 
 
 @njit(**NUMBA_FLAGS)
@@ -168,33 +99,10 @@ def _lstm_cell_general(z, b, p, codes, ab, clip, input_forget, c, h, gate, ac):
     H = c.shape[0]
     for j in range(4 * H):
         z[j] += b[j]
-    zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:4 * H]
-    gi, gf, gg, go = gate[:H], gate[H:2 * H], gate[2 * H:3 * H], gate[3 * H:]
-    peep = p.shape[0] > 0
-    if peep:
-        for j in range(H):
-            zi[j] += p[0, j] * c[j]
-            zf[j] += p[1, j] * c[j]
-    if clip > 0:
-        clip_row(z[:3 * H], clip)
-    act_row(codes[0], ab[0], ab[1], zi, gi)
-    if input_forget:
-        for j in range(H):
-            gf[j] = ONE - gi[j]
-    else:
-        act_row(codes[0], ab[0], ab[1], zf, gf)
-    act_row(codes[1], ab[2], ab[3], zg, gg)
-    for j in range(H):
-        c[j] = gf[j] * c[j] + gi[j] * gg[j]
-    if peep:
-        for j in range(H):
-            zo[j] += p[2, j] * c[j]
-    if clip > 0:
-        clip_row(zo, clip)
-    act_row(codes[0], ab[0], ab[1], zo, go)
+    lstm_gates_general(z, c, c, gate, p, codes[0], ab[0], ab[1], codes[1], ab[2], ab[3], clip, input_forget)
     act_row(codes[2], ab[4], ab[5], c, ac)
     for j in range(H):
-        h[j] = go[j] * ac[j]
+        h[j] = gate[3 * H + j] * ac[j]
 
 
 # Each stepper's own numbers travel in one float32 array ws (every array argument costs about 70 ns per call),
