@@ -311,22 +311,33 @@ cdef inline int pack_kind(Py_ssize_t rows, Py_ssize_t uses) noexcept nogil:
     return PACK_PANELS16 if rows < PACKED_MAX_ROWS else PACK_NONE
 
 
+cdef inline float* pack_as(int kind, int K, int N, const float* w, int ldw, bint trans,
+                           int ngates=4) noexcept nogil:
+    """A copy of op(W) (K x N; trans: W is stored N x K) packed in layout `kind` (PackKind; PACK_UNITS: N = H,
+    W of ngates * H columns, no trans), or NULL (PACK_NONE, or the allocation failed). fl_free() it."""
+    cdef float *wp = NULL
+    if kind == PACK_ROW64:
+        wp = <float*>fl_alloc(fl_packed64_size(K, N) * sizeof(float))
+        if wp != NULL:
+            fl_pack64(K, N, w, ldw, trans, wp)
+    elif kind == PACK_PANELS16:
+        wp = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
+        if wp != NULL:
+            fl_pack(K, N, w, ldw, trans, wp)
+    elif kind == PACK_UNITS:
+        wp = <float*>fl_alloc(fl_units_size(K, N, ngates) * sizeof(float))
+        if wp != NULL:
+            fl_pack_units(K, N, ngates, w, ldw, wp)
+    return wp
+
+
 cdef inline float* pack_weights(int K, int N, const floating* w, int ldw, bint trans, Py_ssize_t rows,
                                 Py_ssize_t uses=2) noexcept nogil:
     """A packed copy of op(W) (K x N; trans: W is stored N x K) for matmul_acc with `rows` rows in A, used
     `uses` times (pack_kind), when the allocation succeeds; else NULL. fl_free() it."""
-    cdef float *wp = NULL
-    cdef int kind = pack_kind(rows, uses)
     if floating is float:
-        if kind == PACK_ROW64:
-            wp = <float*>fl_alloc(fl_packed64_size(K, N) * sizeof(float))
-            if wp != NULL:
-                fl_pack64(K, N, w, ldw, trans, wp)
-        elif kind == PACK_PANELS16:
-            wp = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
-            if wp != NULL:
-                fl_pack(K, N, w, ldw, trans, wp)
-    return wp
+        return pack_as(pack_kind(rows, uses), K, N, w, ldw, trans)
+    return NULL
 
 
 cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, const floating* w, int ldw,

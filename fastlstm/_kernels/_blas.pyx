@@ -103,21 +103,10 @@ cdef class WeightPacks:
         buf = self._bufs.get(key)
         if buf is not None:
             return buf.data
-        if kind == PACK_NONE or not FL_PACKED_GEMM:
+        if not FL_PACKED_GEMM:
             return NULL
         buf = _Buffer()
-        if kind == PACK_UNITS:
-            buf.data = <float*>fl_alloc(fl_units_size(K, N, ngates) * sizeof(float))
-            if buf.data != NULL:
-                fl_pack_units(K, N, ngates, w, ldw, buf.data)
-        elif kind == PACK_ROW64:
-            buf.data = <float*>fl_alloc(fl_packed64_size(K, N) * sizeof(float))
-            if buf.data != NULL:
-                fl_pack64(K, N, w, ldw, 0, buf.data)
-        else:
-            buf.data = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
-            if buf.data != NULL:
-                fl_pack(K, N, w, ldw, 0, buf.data)
+        buf.data = pack_as(kind, K, N, w, ldw, False, ngates)
         if buf.data != NULL:
             self._bufs[key] = buf
         return buf.data

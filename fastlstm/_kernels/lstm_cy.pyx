@@ -37,10 +37,9 @@ from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
-from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACK_PANELS16, PACKED_MAX_ROWS,
-                                      ROWVEC_MIN_USES, TRANS, Packed64, Stepper, WeightPacks, fl_alloc, fl_free,
-                                      fl_gemv_packed64, fl_pack_units, fl_units_size, gemm, matmul_acc, pack_kind,
-                                      pack_weights)
+from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACKED_MAX_ROWS, PACK_PANELS16,
+                                      PACK_UNITS, ROWVEC_MIN_USES, TRANS, Packed64, Stepper, WeightPacks, fl_free,
+                                      fl_gemv_packed64, gemm, matmul_acc, pack_as, pack_kind, pack_weights)
 
 cdef extern from *:
     """
@@ -293,10 +292,8 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     cdef const float *w_packed = wh_kept
     if w_packed == NULL:
         if units:
-            w_own = <float*>fl_alloc(fl_units_size(<int>H, <int>H, 4) * sizeof(float))
+            w_own = pack_as(PACK_UNITS, <int>H, <int>H, <const float*>w_h, <int>G, False)
             units = w_own != NULL
-            if units:
-                fl_pack_units(<int>H, <int>H, 4, <const float*>w_h, <int>G, w_own)
         if not units:
             w_own = pack_weights(<int>H, <int>G, w_h, <int>G, False, B, T)
         w_packed = w_own
