@@ -261,6 +261,55 @@ def test_batch1_non_default_activations(rng):
     check_against_predict(m, 0.3 * rng.normal(size=(1, 6, 4)).astype(np.float32), chunks=[1, 2, 3])
 
 
+def _check_lstm_stepper(Packed64, LSTMStepper, a, tol):
+    """An LSTMStepper over the reference case `a` (batch 1, T = 12; lstm_ref already run on it), stepped in pieces:
+    step() over 1 and 4 steps keeping the sequence, 4 more keeping the last h, run() over the rest. Every output
+    and the caller's state arrays (updated in place) must match the reference. Returns (stepper, x (1, T, I),
+    packed weights, h, c)."""
+    T, H = a["x"].shape[0], a["w_h"].shape[0]
+    h, c = a["h0"].copy(), a["c0"].copy()
+    packed = Packed64(np.ascontiguousarray(np.concatenate([a["w_x"], a["w_h"]])))
+    st = LSTMStepper(packed, a["b"], a["p"], a["act_codes"], a["act_ab"], a["clip"], a["input_forget"], h, c)
+    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
+    ys = [st.step(np.ascontiguousarray(x[:, :1]), True), st.step(np.ascontiguousarray(x[:, 1:5]), True)]
+    last = st.step(np.ascontiguousarray(x[:, 5:9]), False)
+    y_rest = np.zeros((T - 9, 1, H), np.float32)
+    st.run(np.ascontiguousarray(a["x"][9:]), y_rest)
+    assert ys[1].shape == (1, 4, H) and last.shape == (1, H)
+    got = np.concatenate([ys[0][0], ys[1][0], y_rest[:, 0]])
+    npt.assert_allclose(got, np.delete(a["y_out"][:, 0], np.s_[5:9], axis=0), **tol)
+    npt.assert_allclose(last, a["y_out"][8], **tol)
+    npt.assert_allclose(h, a["hT_out"], **tol)
+    npt.assert_allclose(c, a["cT_out"], **tol)
+    return st, x, packed, h, c
+
+
+def _check_gru_stepper(Packed64, GRUStepper, a, tol):
+    """A GRUStepper over the reference case `a` (batch 1, T = 10; gru_ref already run on it): step() over 4 steps
+    keeping the sequence, 3 keeping the last h, run() over the rest, all matching the reference; a float64 input is
+    handed back. Returns (packed weights (w_x, w_h or its two blocks), h)."""
+    T, H = a["x"].shape[0], a["w_h"].shape[0]
+    h = a["h0"].copy()
+    w_h = a["w_h"]
+    if a["reset_after"]:
+        packed = (Packed64(a["w_x"]), Packed64(w_h), None)
+    else:
+        packed = (Packed64(a["w_x"]), Packed64(np.ascontiguousarray(w_h[:, :2 * H])),
+                  Packed64(np.ascontiguousarray(w_h[:, 2 * H:])))
+    st = GRUStepper(*packed, a["b_x"], a["b_h"], a["act_codes"], a["act_ab"], a["clip"], a["reset_after"], h)
+    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
+    y_head = st.step(np.ascontiguousarray(x[:, :4]), True)
+    last = st.step(np.ascontiguousarray(x[:, 4:7]), False)
+    y_rest = np.zeros((T - 7, 1, H), np.float32)
+    st.run(np.ascontiguousarray(a["x"][7:]), y_rest)
+    npt.assert_allclose(y_head[0], a["y_out"][:4, 0], **tol)
+    npt.assert_allclose(last, a["y_out"][6], **tol)
+    npt.assert_allclose(y_rest[:, 0], a["y_out"][7:, 0], **tol)
+    npt.assert_allclose(h, a["hT_out"], **tol)
+    assert st.step(x.astype(np.float64), False) is None
+    return packed, h
+
+
 lstm_cy = pytest.importorskip("fastlstm._kernels.lstm_cy", reason="the Cython extension is built in CI")
 
 
@@ -270,23 +319,9 @@ lstm_cy = pytest.importorskip("fastlstm._kernels.lstm_cy", reason="the Cython ex
 def test_lstm_stepper_against_reference(I, H, opts):
     from fastlstm._kernels import _blas, lstm_ref
     from fastlstm._kernels.args import lstm_args
-    T = 12
-    a = lstm_args(T, 1, I, H, np.float32, np.random.default_rng(H), **opts)
-    h, c = a["h0"].copy(), a["c0"].copy()
+    a = lstm_args(12, 1, I, H, np.float32, np.random.default_rng(H), **opts)
     lstm_ref.lstm_forward(*a.values())
-    packed = _blas.Packed64(np.ascontiguousarray(np.concatenate([a["w_x"], a["w_h"]])))
-    st = lstm_cy.LSTMStepper(packed, a["b"], a["p"], a["act_codes"], a["act_ab"], a["clip"], a["input_forget"], h, c)
-    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
-    ys = [st.step(np.ascontiguousarray(x[:, :1]), True), st.step(np.ascontiguousarray(x[:, 1:5]), True)]
-    last = st.step(np.ascontiguousarray(x[:, 5:9]), False)
-    y_rest = np.zeros((T - 9, 1, H), np.float32)
-    st.run(np.ascontiguousarray(a["x"][9:]), y_rest)
-    got = np.concatenate([ys[0][0], ys[1][0], y_rest[:, 0]])
-    want = a["y_out"][:, 0]
-    npt.assert_allclose(got, np.delete(want, np.s_[5:9], axis=0), rtol=1e-4, atol=1e-5)
-    npt.assert_allclose(last, a["y_out"][8], rtol=1e-4, atol=1e-5)
-    npt.assert_allclose(h, a["hT_out"], rtol=1e-4, atol=1e-5)
-    npt.assert_allclose(c, a["cT_out"], rtol=1e-4, atol=1e-5)
+    st, x, _, _, _ = _check_lstm_stepper(_blas.Packed64, lstm_cy.LSTMStepper, a, dict(rtol=1e-4, atol=1e-5))
     # anything but a float32 C-contiguous (1, k, I) array is handed back to the caller
     assert st.step(x.astype(np.float64), False) is None
     assert st.step(x[:, ::2], False) is None
@@ -307,27 +342,9 @@ def test_gru_stepper_against_reference(I, H, opts):
     tol = dict(rtol=3e-3, atol=1e-3) if "act_specs" in opts else dict(rtol=1e-4, atol=1e-5)
     from fastlstm._kernels import _blas, gru_ref
     from fastlstm._kernels.args import gru_args
-    T = 10
-    a = gru_args(T, 1, I, H, np.float32, np.random.default_rng(H), **opts)
-    h = a["h0"].copy()
+    a = gru_args(10, 1, I, H, np.float32, np.random.default_rng(H), **opts)
     gru_ref.gru_forward(*a.values())
-    w_h = a["w_h"]
-    if a["reset_after"]:
-        packed = (_blas.Packed64(a["w_x"]), _blas.Packed64(w_h), None)
-    else:
-        packed = (_blas.Packed64(a["w_x"]), _blas.Packed64(np.ascontiguousarray(w_h[:, :2 * H])),
-                  _blas.Packed64(np.ascontiguousarray(w_h[:, 2 * H:])))
-    st = gru_cy.GRUStepper(*packed, a["b_x"], a["b_h"], a["act_codes"], a["act_ab"], a["clip"], a["reset_after"], h)
-    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
-    y_head = st.step(np.ascontiguousarray(x[:, :4]), True)
-    last = st.step(np.ascontiguousarray(x[:, 4:7]), False)
-    y_rest = np.zeros((T - 7, 1, H), np.float32)
-    st.run(np.ascontiguousarray(a["x"][7:]), y_rest)
-    npt.assert_allclose(y_head[0], a["y_out"][:4, 0], **tol)
-    npt.assert_allclose(last, a["y_out"][6], **tol)
-    npt.assert_allclose(y_rest[:, 0], a["y_out"][7:, 0], **tol)
-    npt.assert_allclose(h, a["hT_out"], **tol)
-    assert st.step(x.astype(np.float64), False) is None
+    packed, h = _check_gru_stepper(_blas.Packed64, gru_cy.GRUStepper, a, tol)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         gru_cy.GRUStepper(packed[0], packed[0], None, a["b_x"], a["b_h"], a["act_codes"], a["act_ab"], 0.0, True, h)
 
@@ -663,26 +680,11 @@ def test_numba_lstm_stepper_against_reference(I, H, opts):
     from fastlstm._kernels import lstm_ref
     from fastlstm._kernels.args import lstm_args
     tol = _act_tol(opts)
-    T = 12
-    a = lstm_args(T, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
-    h, c = a["h0"].copy(), a["c0"].copy()
+    a = lstm_args(12, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
     lstm_ref.lstm_forward(*a.values())
     assert np.isfinite(a["y_out"]).all()                 # something to compare
-    packed = step_numba.Packed64(np.ascontiguousarray(np.concatenate([a["w_x"], a["w_h"]])))
-    st = step_numba.LSTMStepper(packed, a["b"], a["p"], a["act_codes"], a["act_ab"], a["clip"], a["input_forget"],
-                                h, c)
+    st, x, packed, h, c = _check_lstm_stepper(step_numba.Packed64, step_numba.LSTMStepper, a, tol)
     assert (st.n_in, st.units) == (I, H)
-    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
-    ys = [st.step(np.ascontiguousarray(x[:, :1]), True), st.step(np.ascontiguousarray(x[:, 1:5]), True)]
-    last = st.step(np.ascontiguousarray(x[:, 5:9]), False)
-    y_rest = np.zeros((T - 9, 1, H), np.float32)
-    st.run(np.ascontiguousarray(a["x"][9:]), y_rest)
-    assert ys[1].shape == (1, 4, H) and last.shape == (1, H)
-    got = np.concatenate([ys[0][0], ys[1][0], y_rest[:, 0]])
-    npt.assert_allclose(got, np.delete(a["y_out"][:, 0], np.s_[5:9], axis=0), **tol)
-    npt.assert_allclose(last, a["y_out"][8], **tol)
-    npt.assert_allclose(h, a["hT_out"], **tol)        # the caller's state arrays, updated in place
-    npt.assert_allclose(c, a["cT_out"], **tol)
     # anything but a float32 C-contiguous (1, k, I) array is handed back to the caller, the state untouched
     for bad in (x.astype(np.float64), x[:, ::2], np.zeros((1, 0, I), np.float32), x[:, :, :-1].copy(),
                 np.zeros((2, 1, I), np.float32), x[0], x.tolist(), np.asfortranarray(np.zeros((1, 2, I), np.float32))):
@@ -704,29 +706,10 @@ def test_numba_gru_stepper_against_reference(I, H, opts):
     from fastlstm._kernels import gru_ref
     from fastlstm._kernels.args import gru_args
     tol = _act_tol(opts)
-    T = 10
-    a = gru_args(T, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
-    h = a["h0"].copy()
+    a = gru_args(10, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
     gru_ref.gru_forward(*a.values())
     assert np.isfinite(a["y_out"]).all()                 # something to compare
-    w_h = a["w_h"]
-    if a["reset_after"]:
-        packed = (step_numba.Packed64(a["w_x"]), step_numba.Packed64(w_h), None)
-    else:
-        packed = (step_numba.Packed64(a["w_x"]), step_numba.Packed64(np.ascontiguousarray(w_h[:, :2 * H])),
-                  step_numba.Packed64(np.ascontiguousarray(w_h[:, 2 * H:])))
-    st = step_numba.GRUStepper(*packed, a["b_x"], a["b_h"], a["act_codes"], a["act_ab"], a["clip"], a["reset_after"],
-                               h)
-    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))                 # (1, T, I)
-    y_head = st.step(np.ascontiguousarray(x[:, :4]), True)
-    last = st.step(np.ascontiguousarray(x[:, 4:7]), False)
-    y_rest = np.zeros((T - 7, 1, H), np.float32)
-    st.run(np.ascontiguousarray(a["x"][7:]), y_rest)
-    npt.assert_allclose(y_head[0], a["y_out"][:4, 0], **tol)
-    npt.assert_allclose(last, a["y_out"][6], **tol)
-    npt.assert_allclose(y_rest[:, 0], a["y_out"][7:, 0], **tol)
-    npt.assert_allclose(h, a["hT_out"], **tol)
-    assert st.step(x.astype(np.float64), False) is None
+    packed, h = _check_gru_stepper(step_numba.Packed64, step_numba.GRUStepper, a, tol)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         step_numba.GRUStepper(*packed, a["b_x"][:-1], a["b_h"], a["act_codes"], a["act_ab"], 0.0, a["reset_after"],
                               h)

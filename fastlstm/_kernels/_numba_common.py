@@ -543,7 +543,7 @@ class KeptPanels:
             return no_panels(like)
         key = (id(w), w.shape, w.dtype.str, mode)
         hit = self._kept.get(key)
-        if hit is None or hit[0] is not w:
+        if hit is None:     # (w is kept with its panels, so its id cannot pass to another array meanwhile)
             hit = self._kept[key] = (w, pack_for_steps(w, False, mode))
         return hit[1]
 
