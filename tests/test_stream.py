@@ -656,6 +656,18 @@ def _numba_steppers():
     return step_numba
 
 
+def _numba_case(cell, T, I, H, opts):
+    """(step_numba, a batch-1 reference case of `cell` with its reference outputs filled in, the tolerance) for a
+    Numba stepper test."""
+    step_numba = _numba_steppers()
+    from fastlstm._kernels import args, gru_ref, lstm_ref
+    make, forward = (args.lstm_args, lstm_ref.lstm_forward) if cell == "lstm" else (args.gru_args, gru_ref.gru_forward)
+    a = make(T, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
+    forward(*a.values())
+    assert np.isfinite(a["y_out"]).all()                 # something to compare
+    return step_numba, a, _act_tol(opts)
+
+
 def _act_cases(n_acts):
     """act_specs covering every activation code (acts.py) in the candidate / cell-output slots (slot 1, and 2 for
     LSTM), with the defaults elsewhere, plus hard_sigmoid as the gate activation (slot 0). (An unbounded gate
@@ -676,13 +688,7 @@ def _act_cases(n_acts):
                                   dict(peepholes=True, clip=0.7, input_forget=True)]
                          + [dict(act_specs=s) for s in _act_cases(3)], ids=str)
 def test_numba_lstm_stepper_against_reference(I, H, opts):
-    step_numba = _numba_steppers()
-    from fastlstm._kernels import lstm_ref
-    from fastlstm._kernels.args import lstm_args
-    tol = _act_tol(opts)
-    a = lstm_args(12, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
-    lstm_ref.lstm_forward(*a.values())
-    assert np.isfinite(a["y_out"]).all()                 # something to compare
+    step_numba, a, tol = _numba_case("lstm", 12, I, H, opts)
     st, x, packed, h, c = _check_lstm_stepper(step_numba.Packed64, step_numba.LSTMStepper, a, tol)
     assert (st.n_in, st.units) == (I, H)
     # anything but a float32 C-contiguous (1, k, I) array is handed back to the caller, the state untouched
@@ -702,13 +708,7 @@ def test_numba_lstm_stepper_against_reference(I, H, opts):
 @pytest.mark.parametrize("opts", [dict(), dict(reset_after=False), dict(clip=0.6), dict(reset_after=False, clip=0.6)]
                          + [dict(act_specs=s, reset_after=ra) for s in _act_cases(2) for ra in (True, False)], ids=str)
 def test_numba_gru_stepper_against_reference(I, H, opts):
-    step_numba = _numba_steppers()
-    from fastlstm._kernels import gru_ref
-    from fastlstm._kernels.args import gru_args
-    tol = _act_tol(opts)
-    a = gru_args(10, 1, I, H, np.float32, np.random.default_rng(H), scale=_act_scale(opts), **opts)
-    gru_ref.gru_forward(*a.values())
-    assert np.isfinite(a["y_out"]).all()                 # something to compare
+    step_numba, a, tol = _numba_case("gru", 10, I, H, opts)
     packed, h = _check_gru_stepper(step_numba.Packed64, step_numba.GRUStepper, a, tol)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         step_numba.GRUStepper(*packed, a["b_x"][:-1], a["b_h"], a["act_codes"], a["act_ab"], 0.0, a["reset_after"],
