@@ -10,9 +10,9 @@ sessions can run on one model from many threads at once (the kernels release the
 stepped from two threads at the same time. The plan is made once per session: per step there is no graph walk
 and no validation beyond a shape/dtype check; the recurrent kernels are called directly on preallocated
 buffers, the states ping-pong between two buffers. At batch 1 (float32, Cython or Numba backend) an LSTM or GRU
-layer steps through a stepper instead (lstm_cy.LSTMStepper, gru_cy.GRUStepper; step_numba's twins): its weights are packed once per layer
-(shared by every session on it, repacked when the weights change) so that a step is one sequential pass over
-them, and the step updates the session's state arrays in place. A batch-1 chain of [Embedding ->] recurrent /
+layer steps through a stepper instead (lstm_cy.LSTMStepper, gru_cy.GRUStepper; step_numba's twins): its weights
+are packed once per layer (shared by every session on it, repacked when the weights change) so that a step is one
+sequential pass over them, and the step updates the session's state arrays in place. A batch-1 chain of [Embedding ->] recurrent /
 Dense layers (a text model scoring or generating token by token) runs a chunk in one compiled call
 (chain_cy.ChainStepper: embedding rows, the steppers, the Dense products and activations, GIL released) that
 reads the layers' current weights on every call; a chunk it does not take goes the general way.
@@ -115,12 +115,11 @@ class _RecurrentStep:
             self.stepper.run(np.ascontiguousarray(x_tm), y)
             return y
         p, s, out = self.params, self.states, self.spare
+        kern = get_backend()
         if self.kind == "lstm":
-            kern = get_backend()
             kern.lstm_forward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], s[0], s[1], m, p["act_codes"], p["act_ab"],
                               0.0, False, False, z_ws, y, out[0], out[1], self.none3, self.none3, **packs_kw(kern, p))
         elif self.kind == "gru":
-            kern = get_backend()
             kern.gru_forward(x_tm, p["w_x"], p["w_h"], p["b_x"], p["b_h"], s[0], m, p["act_codes"], p["act_ab"], 0.0,
                              self.layer.reset_after, False, z_ws, hz_ws, y, out[0], self.none3, **packs_kw(kern, p))
         else:

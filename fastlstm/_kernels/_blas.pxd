@@ -335,9 +335,10 @@ cdef inline float* pack_weights(int K, int N, const floating* w, int ldw, bint t
                                 Py_ssize_t uses=2) noexcept nogil:
     """A packed copy of op(W) (K x N; trans: W is stored N x K) for matmul_acc with `rows` rows in A, used
     `uses` times (pack_kind), when the allocation succeeds; else NULL. fl_free() it."""
+    cdef float *wp = NULL
     if floating is float:
-        return pack_as(pack_kind(rows, uses), K, N, w, ldw, trans)
-    return NULL
+        wp = pack_as(pack_kind(rows, uses), K, N, w, ldw, trans)
+    return wp
 
 
 cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, const floating* w, int ldw,
