@@ -1,5 +1,5 @@
 """AVX2 versions of _act.pxd's float32 exp_f32, sigmoid_fast and tanh_fast, 8 lanes at a time, for the hand-scheduled
-batch-1 steps (lstm_cy._fwd_step_units). They perform the same operations in the same order (separate multiply and
+LSTM code (lstm_cy: fl_lstm_units_step and the gate passes fl_lstm_fwd_row, fl_lstm_bwd_row). They perform the same operations in the same order (separate multiply and
 add where _act.pxd writes a * b + c, since the extension builds with -ffp-contract=off; FMA where it calls fmaf),
 so they give bit-identical results; tests/test_kernels.py checks that through the two step paths.
 FL_VECACT is 0 without AVX2 + FMA at compile time; the functions are then not defined.
@@ -11,12 +11,10 @@ cdef extern from *:
     #include <immintrin.h>
     #define FL_VECACT 1
 
-    /* exp_f32: clamp to [-87.3, 88.37], n = round(x / ln2) (1.5 * 2^23 trick), r = x - n ln2 (Cody-Waite),
-       degree-7 Taylor polynomial, times 2^n from the exponent bits; 0 below -87.3, inf above 88.37, NaN kept */
-    static inline __attribute__((always_inline)) __m256 fl_exp8(__m256 x0) {
-        const __m256 hi = _mm256_set1_ps((float)88.37), lo = _mm256_set1_ps((float)-87.3), big = _mm256_set1_ps(12582912.0f);
-        __m256 x = _mm256_blendv_ps(x0, hi, _mm256_cmp_ps(x0, hi, _CMP_GT_OQ));
-        x = _mm256_blendv_ps(x, lo, _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    /* exp_f32 for x in [-87.3, 88.37] or NaN: n = round(x / ln2) (1.5 * 2^23 trick), r = x - n ln2 (Cody-Waite),
+       degree-7 Taylor polynomial, times 2^n from the exponent bits */
+    static inline __attribute__((always_inline)) __m256 fl_exp8(__m256 x) {
+        const __m256 big = _mm256_set1_ps(12582912.0f);
         __m256 t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps((float)1.44269504088896341)), big);
         __m256 n = _mm256_sub_ps(t, big);
         __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
@@ -30,22 +28,22 @@ cdef extern from *:
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
         __m256i bits = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(0x3F800000));
-        p = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-        p = _mm256_blendv_ps(p, _mm256_setzero_ps(), _mm256_cmp_ps(x0, lo, _CMP_LT_OQ));
-        return _mm256_blendv_ps(p, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x0, hi, _CMP_GT_OQ));
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
     }
 
-    /* sigmoid_fast: 1 / (1 + exp(-z)) */
+    /* sigmoid_fast: 1 / (1 + exp(x)), x = -z clamped to [-87.3, 80]; min/max return their second operand when
+       it is NaN, as the scalar clamps do */
     static inline __attribute__((always_inline)) __m256 fl_sigmoid8(__m256 z) {
         const __m256 one = _mm256_set1_ps(1.0f);
-        return _mm256_div_ps(one, _mm256_add_ps(one, fl_exp8(_mm256_xor_ps(z, _mm256_set1_ps(-0.0f)))));
+        __m256 x = _mm256_min_ps(_mm256_set1_ps(80.0f), _mm256_xor_ps(z, _mm256_set1_ps(-0.0f)));
+        x = _mm256_max_ps(_mm256_set1_ps((float)-87.3), x);
+        return _mm256_div_ps(one, _mm256_add_ps(one, fl_exp8(x)));
     }
 
     /* tanh_fast: zc P(zc^2) / Q(zc^2), zc = z clamped to +-7.90531110763549805; exactly +-1 from |z| >= 9.02 */
     static inline __attribute__((always_inline)) __m256 fl_tanh8(__m256 z) {
         const __m256 cl = _mm256_set1_ps((float)7.90531110763549805), ncl = _mm256_set1_ps((float)-7.90531110763549805);
-        __m256 zc = _mm256_blendv_ps(z, cl, _mm256_cmp_ps(z, cl, _CMP_GT_OQ));
-        zc = _mm256_blendv_ps(zc, ncl, _mm256_cmp_ps(zc, ncl, _CMP_LT_OQ));
+        __m256 zc = _mm256_max_ps(ncl, _mm256_min_ps(cl, z));
         __m256 u = _mm256_mul_ps(zc, zc);
         #define FL_MA(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
         __m256 p = FL_MA(u, _mm256_set1_ps((float)2.4077323468318923e-11), _mm256_set1_ps((float)-1.4896948660747533e-08));

@@ -126,9 +126,94 @@ cdef extern from *:
         (void)K; (void)a; (void)Wu; (void)zx; (void)c_prev; (void)c_out; (void)h_out; (void)H; (void)back;
     }
     #endif
+
+    #if FL_VECACT
+    #define FL_LD(p, m, full) ((full) ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m))
+    #define FL_ST(p, m, full, v) do { if (full) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, m, v); } while (0)
+
+    /* The default forward gate pass of one batch row in float32, 8 units per vector (the last one masked), the
+       same arithmetic as _fwd_row_fast's scalar loop bit for bit. Per 64 units, phase 1 computes the four gates
+       (into `gates`, or a stack buffer when NULL) and phase 2 c = f c_prev + i g, h = o tanh(c): split this way,
+       each phase's dependency chains are short enough for the out-of-order window to overlap several vectors
+       (22 ns per 8 units against 25 ns as one loop, C microbenchmark). c_out may be c_prev. */
+    static void fl_lstm_fwd_row(const float *z, const float *c_prev, float *c_out, float *h_out, float *gates, int H) {
+        float buf[4 * 64] __attribute__((aligned(32)));
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (int j0 = 0; j0 < H; j0 += 64) {
+            int n = H - j0 < 64 ? H - j0 : 64;
+            float *gi = gates ? gates + j0 : buf, *gf = gates ? gates + H + j0 : buf + 64;
+            float *gg = gates ? gates + 2 * H + j0 : buf + 128, *go = gates ? gates + 3 * H + j0 : buf + 192;
+            const float *zi = z + j0, *zf = z + H + j0, *zg = z + 2 * H + j0, *zo = z + 3 * H + j0;
+            for (int j = 0; j < n; j += 8) {        /* i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g) */
+                int full = n - j >= 8;
+                __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lane);
+                FL_ST(gi + j, m, full, fl_sigmoid8(FL_LD(zi + j, m, full)));
+                FL_ST(gf + j, m, full, fl_sigmoid8(FL_LD(zf + j, m, full)));
+                FL_ST(gg + j, m, full, fl_tanh8(FL_LD(zg + j, m, full)));
+                FL_ST(go + j, m, full, fl_sigmoid8(FL_LD(zo + j, m, full)));
+            }
+            for (int j = 0; j < n; j += 8) {        /* c = f c_prev + i g;  h = o tanh(c) */
+                int full = n - j >= 8;
+                __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lane);
+                __m256 c = _mm256_add_ps(_mm256_mul_ps(FL_LD(gf + j, m, full), FL_LD(c_prev + j0 + j, m, full)),
+                                         _mm256_mul_ps(FL_LD(gi + j, m, full), FL_LD(gg + j, m, full)));
+                FL_ST(c_out + j0 + j, m, full, c);
+                FL_ST(h_out + j0 + j, m, full, _mm256_mul_ps(FL_LD(go + j, m, full), fl_tanh8(c)));
+            }
+        }
+    }
+
+    /* The default backward gate pass of one valid batch row in float32 (_bwd_row_fast's arithmetic, bit for bit):
+       dz from the stored gates and c, dc updated in place, dh zeroed, db += dz. */
+    static void fl_lstm_bwd_row(const float *gates, const float *c, const float *c_prev, float *dh, float *dc,
+                                float *dz, float *db, int H) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256 one = _mm256_set1_ps(1.0f);
+        for (int j = 0; j < H; j += 8) {
+            int full = H - j >= 8;
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(H - j), lane);
+            __m256 i = FL_LD(gates + j, m, full), f = FL_LD(gates + H + j, m, full);
+            __m256 g = FL_LD(gates + 2 * H + j, m, full), o = FL_LD(gates + 3 * H + j, m, full);
+            __m256 d = FL_LD(dh + j, m, full), ac = fl_tanh8(FL_LD(c + j, m, full));
+            /* h = o tanh(c):  dz_o = dh tanh(c) o (1 - o);  dc_t = dc + dh o (1 - tanh(c)^2) */
+            __m256 dzo = _mm256_mul_ps(_mm256_mul_ps(d, ac), _mm256_mul_ps(o, _mm256_sub_ps(one, o)));
+            __m256 dct = _mm256_add_ps(FL_LD(dc + j, m, full), _mm256_mul_ps(_mm256_mul_ps(d, o),
+                                                                            _mm256_sub_ps(one, _mm256_mul_ps(ac, ac))));
+            /* c = f c_prev + i g */
+            __m256 dzi = _mm256_mul_ps(_mm256_mul_ps(dct, g), _mm256_mul_ps(i, _mm256_sub_ps(one, i)));
+            __m256 dzf = _mm256_mul_ps(_mm256_mul_ps(dct, FL_LD(c_prev + j, m, full)),
+                                       _mm256_mul_ps(f, _mm256_sub_ps(one, f)));
+            __m256 dzg = _mm256_mul_ps(_mm256_mul_ps(dct, i), _mm256_sub_ps(one, _mm256_mul_ps(g, g)));
+            FL_ST(dc + j, m, full, _mm256_mul_ps(dct, f));
+            FL_ST(dh + j, m, full, _mm256_setzero_ps());
+            FL_ST(dz + j, m, full, dzi);
+            FL_ST(dz + H + j, m, full, dzf);
+            FL_ST(dz + 2 * H + j, m, full, dzg);
+            FL_ST(dz + 3 * H + j, m, full, dzo);
+            FL_ST(db + j, m, full, _mm256_add_ps(FL_LD(db + j, m, full), dzi));
+            FL_ST(db + H + j, m, full, _mm256_add_ps(FL_LD(db + H + j, m, full), dzf));
+            FL_ST(db + 2 * H + j, m, full, _mm256_add_ps(FL_LD(db + 2 * H + j, m, full), dzg));
+            FL_ST(db + 3 * H + j, m, full, _mm256_add_ps(FL_LD(db + 3 * H + j, m, full), dzo));
+        }
+    }
+    #undef FL_LD
+    #undef FL_ST
+    #else
+    static void fl_lstm_fwd_row(const float *z, const float *c_prev, float *c_out, float *h_out, float *gates, int H) {
+        (void)z; (void)c_prev; (void)c_out; (void)h_out; (void)gates; (void)H;
+    }
+    static void fl_lstm_bwd_row(const float *gates, const float *c, const float *c_prev, float *dh, float *dc,
+                                float *dz, float *db, int H) {
+        (void)gates; (void)c; (void)c_prev; (void)dh; (void)dc; (void)dz; (void)db; (void)H;
+    }
+    #endif
     """
     void fl_lstm_units_step(int K, const float* a, const float* Wu, const float* zx, const float* c_prev,
                             float* c_out, float* h_out, int H, int back) noexcept nogil
+    void fl_lstm_fwd_row(const float* z, const float* c_prev, float* c_out, float* h_out, float* gates,
+                         int H) noexcept nogil
+    void fl_lstm_bwd_row(const float* gates, const float* c, const float* c_prev, float* dh, float* dc, float* dz,
+                         float* db, int H) noexcept nogil
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -141,7 +226,7 @@ cdef enum:
 
 cdef void _fwd_row_fast(const floating* z, const floating* c_prev, floating* c_out, floating* h_out,
                         floating* gates, Py_ssize_t H) noexcept nogil:
-    """Default activations; gates may be NULL (inference); c_out may be c_prev."""
+    """Default activations; gates may be NULL (inference); c_out may be c_prev. float32 with AVX2: fl_lstm_fwd_row."""
     # Results go to stack buffers first: with only reads from the caller's pointers in the loop, gcc
     # vectorises it without run-time alias checks (there would be too many, and c_out == c_prev fails them).
     cdef floating ib[CH]
@@ -154,6 +239,10 @@ cdef void _fwd_row_fast(const floating* z, const floating* c_prev, floating* c_o
     cdef const floating *cp
     cdef floating c
     cdef Py_ssize_t ck, j0, j, n
+    if floating is float:
+        if FL_VECACT:
+            fl_lstm_fwd_row(z, c_prev, c_out, h_out, gates, <int>H)
+            return
     for ck in range((H + CH - 1) // CH):
         j0 = ck * CH
         n = H - j0 if H - j0 < CH else CH
@@ -410,12 +499,16 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
 
 cdef void _bwd_row_fast(const floating* gates, const floating* c, const floating* c_prev, floating* dh,
                         floating* dc, floating* dz, floating* db, Py_ssize_t H) noexcept nogil:
-    """Default activations, no peepholes / clip / input_forget."""
+    """Default activations, no peepholes / clip / input_forget. float32 with AVX2: fl_lstm_bwd_row."""
     cdef floating dzb[4][CH]              # stack buffers for the results (see _fwd_row_fast)
     cdef floating dcb[CH]
     cdef floating i, f, g, o, ac, d, dct, one = 1
     cdef const floating *gc
     cdef Py_ssize_t ck, j0, j, n, q
+    if floating is float:
+        if FL_VECACT:
+            fl_lstm_bwd_row(gates, c, c_prev, dh, dc, dz, db, <int>H)
+            return
     for ck in range((H + CH - 1) // CH):
         j0 = ck * CH
         n = H - j0 if H - j0 < CH else CH
