@@ -140,6 +140,42 @@ def test_rectifiers_saturate_minus_inf_and_keep_nan():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("H", [13, 72])       # a masked last vector; one 64-unit chunk and a part of the next
+@pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
+def test_lstm_default_gates_at_extreme_preactivations(backend, H, training):
+    """The default gate pass (sigmoid, tanh, tanh) over pre-activations out to +-inf: float32 gates and states
+    as the float64 reference within 1e-6 absolute, NaN only in the units whose pre-activation is NaN; in the fast
+    backends sigmoid is 1 exactly from z >= 87.3 and under 2e-35 from z <= -80, tanh +-1 exactly past 9.02."""
+    T, B = 1, 3                                        # one step: h @ w_h would spread the NaN (NaN * 0)
+    args = lstm_args(T, B, 0, H, np.float32, np.random.default_rng(3), training=training)
+    args["w_h"][...] = 0                               # z = b (+ x @ w_x: the projected input, here 0)
+    rng = np.random.default_rng(4)
+    extreme = np.array([-np.inf, -1e4, -100, -88.5, -87.4, -80.5, -9.1, -8, -1, 0, 1, 8, 9.1, 80.5, 87.4,
+                        88.5, 100, 1e4, np.inf], np.float32)
+    args["b"][...] = rng.choice(extreme, 4 * H)
+    nan_unit = H - 2
+    args["b"][2 * H + nan_unit] = np.nan               # g of one unit: c, h NaN in that unit only
+    args["c0"][...] = rng.standard_normal((B, H)).astype(np.float32)
+    ref = {k: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32 else v
+           for k, v in copy_args(args).items()}
+    lstm_ref.lstm_forward(*ref.values())
+    out = copy_args(args)
+    get_backend(backend).lstm_forward(*out.values())
+    for name in ("y_out", "cT_out") + (("gates_out",) if training else ()):
+        got, want = out[name], ref[name]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, equal_nan=True, err_msg=f"{backend} {name}")
+    y = out["y_out"]
+    assert np.isnan(y[..., nan_unit]).all() and not np.isnan(np.delete(y, nan_unit, axis=-1)).any()
+    if training and backend != "reference":          # (NumPy's float32 tanh(9.1) is 0.99999994)
+        gates = out["gates_out"].reshape(T, B, 4, H)
+        z = np.broadcast_to(args["b"].reshape(4, H), gates.shape)
+        sig = gates[:, :, [0, 1, 3]]
+        zs = z[:, :, [0, 1, 3]]
+        assert (sig[zs >= 87.3] == 1).all() and (np.abs(sig[zs <= -80]) < 2e-35).all(), backend
+        assert (gates[:, :, 2][z[:, :, 2] >= 9.02] == 1).all() and (gates[:, :, 2][z[:, :, 2] <= -9.02] == -1).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rectifier", [(acts.RELU, 0.0, 0.0), (acts.THRESHOLDED_RELU, 0.4, 0.0)], ids=["relu", "thr"])
