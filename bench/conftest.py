@@ -1,4 +1,5 @@
-"""Benchmark session setup: pin BLAS / OpenMP / torch threads and record the CPU and BLAS in the results.
+"""Benchmark session setup: pin BLAS / OpenMP / torch threads, keep the heap warm (benchmark.keep_heap_warm) and
+record the CPU and BLAS in the results.
 
     pytest bench/ --benchmark-group-by=group                 # 1 thread (default)
     pytest bench/ --bench-threads 2 --benchmark-autosave     # 2 threads, saved for --benchmark-compare
@@ -11,7 +12,7 @@ import pytest
 import scipy.linalg.cython_blas  # noqa: F401
 from threadpoolctl import threadpool_limits
 
-from fastlstm.benchmark import blas_line, cpu_line
+from fastlstm.benchmark import blas_line, cpu_line, keep_heap_warm
 
 
 def pytest_addoption(parser):
@@ -26,7 +27,9 @@ def bench_threads(request):
 
 @pytest.fixture(scope="session", autouse=True)
 def pinned_threads(bench_threads):
-    """Every native thread pool (numpy's and scipy's OpenBLAS, OpenMP) and torch limited for the session."""
+    """Every native thread pool (numpy's and scipy's OpenBLAS, OpenMP) and torch limited for the session; freed
+    memory kept at the top of the heap for every runtime (benchmark.keep_heap_warm)."""
+    keep_heap_warm()
     try:
         import torch
         saved = torch.get_num_threads()

@@ -2,6 +2,7 @@
 (a kernel that returns wrong numbers is reported and not timed), and tools/kernel_report.py still wraps it."""
 import importlib.util
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_bench_writes_json_and_chart(tmp_path, capsys):
     assert res["ok"] and res["failures"] == [] and res["threads"] == [1]
     assert res["versions"]["numpy"] == np.__version__ and res["versions"]["fastlstm"]
     assert res["sgemm_peak_gflops"]["1"] > 0
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":    # every runtime timed on a warm heap
+        assert res["heap_top_pad_bytes"] == bm.HEAP_TOP_PAD and "M_TOP_PAD" in out
     (w,) = res["workloads"]
     assert w["name"] == TINY and w["kind"] == "kernel"
     assert w["gflop"] == pytest.approx(2 * 2 * 8 * 64 * 32 / 1e9)

@@ -9,13 +9,14 @@
 float32 exp (exp_f32): exp(x) = 2^n * exp(r), n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2]
 (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial (truncation < 1e-8 relative),
 2^n built in the exponent bits, for x in [-87.3, 88.37] (the caller clamps; true overflow: 88.72). Max error
-about 2 ulp. float32 sigmoid (sigmoid_fast) clamps -z to [-87.3, 80]: exactly 1 from z >= 87.3, 1.8e-35 (not a
-subnormal) from z <= -80; the clamps are min/max, cheaper than saturating exp's result. float32 tanh (tanh_fast): z P(z^2) / Q(z^2), a rational fit (no exp; the Numba
-backend's, 2-4% faster kernels than 1 - 2 / (1 + exp(2z)) in A/B runs). Comparisons against the clamp bounds are written
-so that NaN fails them and flows through: a NaN input gives a NaN output, as in NumPy.
+about 2 ulp. float32 sigmoid (sigmoid_fast) clamps its exp argument -z to [-87.3, 80] (two min/max, cheaper than
+saturating exp's result): exactly 1 from z >= 87.3, 1.8e-35 (not a subnormal) from z <= -80.
+float32 tanh (tanh_fast): z P(z^2) / Q(z^2), a rational fit (no exp; the Numba backend's, 2-4% faster kernels
+than 1 - 2 / (1 + exp(2z)) in A/B runs). Comparisons against the clamp bounds are written so that NaN fails
+them and flows through: a NaN input gives a NaN output, as in NumPy.
 float64 uses libm exp/tanh: the float64 tolerance (rtol 1e-9) leaves no room for approximations.
 """
-from libc.math cimport INFINITY, erf, exp, expf, fmaf, expm1, expm1f, fabs, log1p, log1pf, tanh, tanhf
+from libc.math cimport erf, exp, expf, fmaf, expm1, expm1f, fabs, log1p, log1pf, tanh, tanhf
 from cython cimport floating
 
 cdef enum:
