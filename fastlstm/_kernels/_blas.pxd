@@ -68,15 +68,18 @@ cdef extern from *:
     }
 
     #if FL_PACKED_GEMM
-    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel), A row-major (row stride lda); mr is a constant
-       after inlining */
+    /* C[0:mr, 0:16] += A[0:mr, 0:K] @ Bp (one packed panel), A row-major (row stride lda); or, given `bias` (16
+       floats), C[0:mr, 0:16] = bias + A @ Bp without reading C (rounded as C filled with the bias, then +=).
+       mr is a constant after inlining */
     static inline __attribute__((always_inline)) void fl_tile(const int mr, int K, const float *A, int lda,
-                                                              const float *Bp, float *C, int ldc) {
+                                                              const float *Bp, float *C, int ldc, const float *bias) {
         __m256 c0a = _mm256_setzero_ps(), c0b = c0a, c1a = c0a, c1b = c0a, c2a = c0a, c2b = c0a,
                c3a = c0a, c3b = c0a, c4a = c0a, c4b = c0a, c5a = c0a, c5b = c0a, a, b0, b1;
-        for (int i = 0; i < mr; i++) {     /* the C tile is read at the end: start fetching it now */
-            _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(C + i * ldc + 15), _MM_HINT_T0);
+        if (!bias) {
+            for (int i = 0; i < mr; i++) { /* the C tile is read at the end: start fetching it now */
+                _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+                _mm_prefetch((const char *)(C + i * ldc + 15), _MM_HINT_T0);
+            }
         }
         for (int k = 0; k < K; k++) {
             b0 = _mm256_loadu_ps(Bp + 16 * k);
@@ -88,9 +91,10 @@ cdef extern from *:
             if (mr > 4) { a = _mm256_broadcast_ss(A + k + 4 * (size_t)lda); c4a = _mm256_fmadd_ps(a, b0, c4a); c4b = _mm256_fmadd_ps(a, b1, c4b); }
             if (mr > 5) { a = _mm256_broadcast_ss(A + k + 5 * (size_t)lda); c5a = _mm256_fmadd_ps(a, b0, c5a); c5b = _mm256_fmadd_ps(a, b1, c5b); }
         }
+        /* C + sums, or bias + sums: the same roundings as filling C with the bias first */
         #define FL_ACC(i, ca, cb) { float *Ci = C + (i) * ldc; \\
-            _mm256_storeu_ps(Ci, _mm256_add_ps(_mm256_loadu_ps(Ci), ca)); \\
-            _mm256_storeu_ps(Ci + 8, _mm256_add_ps(_mm256_loadu_ps(Ci + 8), cb)); }
+            _mm256_storeu_ps(Ci, _mm256_add_ps(_mm256_loadu_ps(bias ? bias : Ci), ca)); \\
+            _mm256_storeu_ps(Ci + 8, _mm256_add_ps(_mm256_loadu_ps(bias ? bias + 8 : Ci + 8), cb)); }
         FL_ACC(0, c0a, c0b)
         if (mr > 1) FL_ACC(1, c1a, c1b)
         if (mr > 2) FL_ACC(2, c2a, c2b)
@@ -110,11 +114,13 @@ cdef extern from *:
     }
 
     /* C (M x N, row stride ldc) += A (M x K, row stride lda) @ W, W packed by fl_pack into Wp (read only:
-       threads may share it). A is read in place: its rows (at most PACKED_MAX_ROWS) stay in cache, and the
+       threads may share it); or, given `bias` (N), C = bias + A @ W without reading C (no separate pass filling
+       C with the bias first). A is read in place: its rows (at most PACKED_MAX_ROWS) stay in cache, and the
        tile's broadcasts need no packed copy (packing A, a strided scalar copy, cost 10-35% at these sizes). */
-    static void fl_gemm_packed(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc) {
+    static void fl_gemm_packed_bias(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc,
+                                    const float *bias) {
     #if FL_PACKED_GEMM
-        float tmp[6 * 16];
+        float tmp[6 * 16], btail[16];
         int np = (N + 15) / 16;
         /* K in equal chunks of at most 384: a panel chunk (<= 24 KiB) stays in L1 while the row tiles pass over it */
         int nk = (K + 383) / 384, kstep = (K + nk - 1) / nk;
@@ -123,6 +129,13 @@ cdef extern from *:
             for (int p = 0; p < np; p++) {
                 const float *Bp = Wp + (size_t)p * K * 16 + (size_t)k0 * 16;
                 int n0 = p * 16, nn = N - n0 < 16 ? N - n0 : 16;
+                /* the bias for the first chunk only; later chunks accumulate */
+                const float *bt = bias && k0 == 0 ? bias + n0 : NULL;
+                if (bt && nn < 16) {
+                    memset(btail, 0, sizeof(btail));
+                    memcpy(btail, bt, nn * sizeof(float));
+                    bt = btail;
+                }
                 for (int i = 0; i < M; i += fl_tile_rows(M - i)) {
                     int mr = fl_tile_rows(M - i);
                     const float *Ai = A + (size_t)i * lda + k0;
@@ -130,17 +143,29 @@ cdef extern from *:
                     int ldt = ldc;
                     if (nn < 16) {      /* partial panel: work on a zero-padded copy of the C tile */
                         memset(tmp, 0, sizeof(tmp));
-                        for (int r = 0; r < mr; r++) memcpy(tmp + 16 * r, Ct + (size_t)r * ldc, nn * sizeof(float));
+                        if (!bt)
+                            for (int r = 0; r < mr; r++) memcpy(tmp + 16 * r, Ct + (size_t)r * ldc, nn * sizeof(float));
                         Ct = tmp;
                         ldt = 16;
                     }
-                    switch (mr) {
-                        case 6: fl_tile(6, kc, Ai, lda, Bp, Ct, ldt); break;
-                        case 5: fl_tile(5, kc, Ai, lda, Bp, Ct, ldt); break;
-                        case 4: fl_tile(4, kc, Ai, lda, Bp, Ct, ldt); break;
-                        case 3: fl_tile(3, kc, Ai, lda, Bp, Ct, ldt); break;
-                        case 2: fl_tile(2, kc, Ai, lda, Bp, Ct, ldt); break;
-                        default: fl_tile(1, kc, Ai, lda, Bp, Ct, ldt); break;
+                    if (bt) {
+                        switch (mr) {
+                            case 6: fl_tile(6, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                            case 5: fl_tile(5, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                            case 4: fl_tile(4, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                            case 3: fl_tile(3, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                            case 2: fl_tile(2, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                            default: fl_tile(1, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                        }
+                    } else {
+                        switch (mr) {
+                            case 6: fl_tile(6, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
+                            case 5: fl_tile(5, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
+                            case 4: fl_tile(4, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
+                            case 3: fl_tile(3, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
+                            case 2: fl_tile(2, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
+                            default: fl_tile(1, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
+                        }
                     }
                     if (nn < 16)
                         for (int r = 0; r < mr; r++)
@@ -149,8 +174,12 @@ cdef extern from *:
             }
         }
     #else
-        (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Wp; (void)C; (void)ldc;
+        (void)M; (void)N; (void)K; (void)A; (void)lda; (void)Wp; (void)C; (void)ldc; (void)bias;
     #endif
+    }
+
+    static void fl_gemm_packed(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc) {
+        fl_gemm_packed_bias(M, N, K, A, lda, Wp, C, ldc, NULL);
     }
 
     #if FL_PACKED_GEMM
@@ -284,6 +313,8 @@ cdef extern from *:
     void fl_pack(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemm_packed(int M, int N, int K, const float* A, int lda, const float* Wp, float* C,
                         int ldc) noexcept nogil
+    void fl_gemm_packed_bias(int M, int N, int K, const float* A, int lda, const float* Wp, float* C, int ldc,
+                             const float* bias) noexcept nogil
     void fl_gemv_rowvec(int K, int N, const float* x, const float* W, int ldw, float* y) noexcept nogil
 
 

@@ -39,7 +39,7 @@ from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
 from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACKED_MAX_ROWS, PACK_PANELS16,
                                       PACK_UNITS, ROWVEC_MIN_USES, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemv_packed64, gemm, matmul_acc, pack_as, pack_kind, pack_weights)
+                                      fl_gemm_packed_bias, fl_gemv_packed64, gemm, matmul_acc, pack_as, pack_kind, pack_weights)
 
 cdef extern from *:
     """
@@ -218,6 +218,7 @@ cdef extern from *:
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
     WG_CHUNK_ROWS = 512     # rows per chunk of the merged weight-gradient GEMM (_weight_grads_merged)
+    STEP_INPUT_MAX_FLOATS = 1 << 19     # w_x up to 2 MiB: the input product step by step (_input_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,12 +348,15 @@ cdef inline bint _unit_steps(Py_ssize_t B, Py_ssize_t T, bint fast, bint trainin
     return FL_VECACT and FL_PACKED_GEMM and B == 1 and fast and not training and T >= ROWVEC_MIN_USES
 
 
-cdef inline Py_ssize_t _input_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I) noexcept nogil:
+cdef inline Py_ssize_t _input_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
     """Rows per input product: T*B (one GEMM for all steps), or B (one per step) where the batch takes packed
-    tiles, T*B rows would go to BLAS and the inputs are narrow (I < 256): per step, z_ws[t] stays in cache
-    between the two products and the gate pass, and the tiles keep 94 GF/s where OpenBLAS reaches 89 at K = 128
-    (train_b32_t200_h128: 2% faster; at I = 256, OpenBLAS's 95 GF/s make the one GEMM 0.7% faster)."""
-    return B if 1 < B and I < 256 and T * B >= PACKED_MAX_ROWS and pack_kind(B, T) == PACK_PANELS16 else T * B
+    tiles, T*B rows would go to BLAS and w_x (I x 4H) is at most STEP_INPUT_MAX_FLOATS (it is then read from
+    cache at every step): per step the tiles start from the bias (no pass filling z_ws with it), z_ws[t] stays
+    in cache between the two products and the gate pass, and the tiles keep 94 GF/s where OpenBLAS reaches 89 at
+    K = 128 (float32 forward against one OpenBLAS GEMM over T*B rows after the fill: 3% faster at B = 32, 64
+    and I = H = 128, 256; 1.3% at I = 512, H = 256; 2-10% slower at I = H = 512, with a 4 MiB w_x)."""
+    return (B if 1 < B and I * 4 * H <= STEP_INPUT_MAX_FLOATS and T * B >= PACKED_MAX_ROWS
+            and pack_kind(B, T) == PACK_PANELS16 else T * B)
 
 
 cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* w_h, const floating* b,
@@ -388,7 +392,7 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         w_packed = w_own
     # the input product: one GEMM over all T*B rows, or (_step_input) per step on packed tiles like the
     # recurrent one: z_ws[t] = b + x_t @ w_x just before the step, while z_ws[t] is in cache
-    cdef Py_ssize_t x_rows = _input_rows(T, B, I)
+    cdef Py_ssize_t x_rows = _input_rows(T, B, I, H)
     cdef bint step_input = I > 0 and x_rows == B
     cdef const float *wx_packed = wx_kept
     if I > 0 and wx_packed == NULL and x_rows > GEMV_MAX_ROWS:
@@ -400,12 +404,15 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         for r in range(T * B):
             _add(z_ws + r * G, b, G)
     elif not step_input:
-        # z_ws = b   (every row), then z_ws += x @ w_x   (all T*B rows at once)
-        for r in range(T * B):
-            _copy(z_ws + r * G, b, G)
-        # (few rows, as in a one-request latency call: through the packed kernel, which unlike a threaded gemm
-        # never waits on BLAS worker threads)
-        matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
+        # z_ws = b + x @ w_x   (all T*B rows at once). Few rows, as in a one-request latency call: through the
+        # packed tiles (which unlike a threaded gemm never wait on BLAS worker threads), starting from b;
+        # else z_ws filled with b, then BLAS adds x @ w_x
+        if floating is float and wx_packed != NULL:
+            fl_gemm_packed_bias(<int>(T * B), <int>G, <int>I, x, <int>I, wx_packed, z_ws, <int>G, b)
+        else:
+            for r in range(T * B):
+                _copy(z_ws + r * G, b, G)
+            matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
@@ -428,10 +435,14 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
                 c_prev = ct
                 continue
         if step_input:
-            # z_ws[t] = b + x_t @ w_x
-            for bi in range(B):
-                _copy(zt + bi * G, b, G)
-            matmul_acc(<int>B, <int>G, <int>I, x + t * B * I, <int>I, w_x, <int>G, False, wx_packed, zt, <int>G)
+            # z_ws[t] = b + x_t @ w_x   (float32: the tiles start from b, no fill pass)
+            if floating is float:
+                fl_gemm_packed_bias(<int>B, <int>G, <int>I, x + t * B * I, <int>I, wx_packed, zt, <int>G, b)
+            else:
+                for bi in range(B):
+                    _copy(zt + bi * G, b, G)
+                matmul_acc(<int>B, <int>G, <int>I, x + t * B * I, <int>I, w_x, <int>G, False, wx_packed, zt,
+                           <int>G)
         # z_ws[t] += h_prev @ w_h
         matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, w_packed, zt, <int>G)
         for bi in range(B):
@@ -483,7 +494,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
                 wh_kept = packs.units(&w_h[0, 0], <int>H, <int>H, 4, <int>(4 * H))
             else:
                 wh_kept = packs.packed(&w_h[0, 0], <int>H, <int>(4 * H), <int>(4 * H), B, T)
-            x_rows = _input_rows(T, B, I)
+            x_rows = _input_rows(T, B, I, H)
             if I > 0 and x_rows > GEMV_MAX_ROWS:
                 wx_kept = packs.packed(&w_x[0, 0], <int>I, <int>(4 * H), <int>(4 * H), x_rows, T if x_rows == B else 2)
     with nogil:
