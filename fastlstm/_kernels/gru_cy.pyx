@@ -27,7 +27,7 @@ from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemv_packed64, gemm, matmul_acc, pack_weights)
+                                      fl_gemm_packed_bias, fl_gemv_packed64, gemm, matmul_acc, pack_weights)
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -200,10 +200,13 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
         yt = y + t * B * H
         gt = gates_out + t * B * G if training else NULL
         if reset_after:
-            # hz_ws[t] = h_prev @ w_h + b_h
-            for bi in range(B):
-                _copy(hzt + bi * G, b_h, G)
-            matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, hzt, <int>G)
+            # hz_ws[t] = h_prev @ w_h + b_h   (float32 on packed tiles: they add b_h, no fill pass)
+            if floating is float and wp_a != NULL and B > 1:
+                fl_gemm_packed_bias(<int>B, <int>G, <int>H, h_prev, <int>H, wp_a, hzt, <int>G, b_h)
+            else:
+                for bi in range(B):
+                    _copy(hzt + bi * G, b_h, G)
+                matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, hzt, <int>G)
             for bi in range(B):
                 row = t * B + bi
                 valid = mask == NULL or mask[row] != 0
