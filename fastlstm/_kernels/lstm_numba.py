@@ -18,7 +18,7 @@ from numba import njit
 from ..config import NUMBA_FLAGS
 from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
                             clip_grad_row, dact_row, input_matmul, input_on_panels, lstm_gates_general, no_panels,
-                            pack_for_steps, sigmoid, step_buffer, step_input_buffer, step_matmul, tanh, use_packed)
+                            pack_for_steps, sigmoid_gate, step_buffer, step_input_buffer, step_matmul, tanh, use_packed)
 from .acts import SIGMOID, TANH
 
 
@@ -37,10 +37,10 @@ def _cell_row_sum(z, b, hz, c, y):
     (the reference's rounding order) in one pass: inference, where z_ws is scratch."""
     H = c.shape[0]
     for j in range(H):
-        i = sigmoid((z[j] + b[j]) + hz[j])
-        f = sigmoid((z[H + j] + b[H + j]) + hz[H + j])
+        i = sigmoid_gate((z[j] + b[j]) + hz[j])
+        f = sigmoid_gate((z[H + j] + b[H + j]) + hz[H + j])
         g = tanh((z[2 * H + j] + b[2 * H + j]) + hz[2 * H + j])
-        o = sigmoid((z[3 * H + j] + b[3 * H + j]) + hz[3 * H + j])
+        o = sigmoid_gate((z[3 * H + j] + b[3 * H + j]) + hz[3 * H + j])
         c_new = f * c[j] + i * g
         c[j] = c_new
         y[j] = o * tanh(c_new)
@@ -51,7 +51,7 @@ def _cell_row_gates(zi, zf, zg, zo, c, y, gi, gf, gg, go):
     """c = f * c + i * g;  y = o * tanh(c)   with i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g), also storing
     the activated gates."""
     for j in range(c.shape[0]):
-        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
+        i, f, g, o = sigmoid_gate(zi[j]), sigmoid_gate(zf[j]), tanh(zg[j]), sigmoid_gate(zo[j])
         gi[j], gf[j], gg[j], go[j] = i, f, g, o
         c_new = f * c[j] + i * g
         c[j] = c_new

@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from ..config import NUMBA_FLAGS
 from ._numba_common import (ONE, ROW_TILE_COLS, act_row, clip_row, gemv_panels, lstm_gates_general, pack_panels,
-                            sigmoid, tanh)
+                            sigmoid_gate, tanh)
 from .acts import SIGMOID, TANH
 
 _F32 = np.dtype(np.float32)
@@ -83,10 +83,10 @@ def _lstm_cell_fast(z, b, c, h):
     """The default cell (sigmoid, tanh, tanh) on z = the product (bias not added yet); c, h updated in place."""
     H = c.shape[0]
     for j in range(H):
-        i = sigmoid(z[j] + b[j])
-        f = sigmoid(z[H + j] + b[H + j])
+        i = sigmoid_gate(z[j] + b[j])
+        f = sigmoid_gate(z[H + j] + b[H + j])
         g = tanh(z[2 * H + j] + b[2 * H + j])
-        o = sigmoid(z[3 * H + j] + b[3 * H + j])
+        o = sigmoid_gate(z[3 * H + j] + b[3 * H + j])
         c_new = f * c[j] + i * g
         c[j] = c_new
         h[j] = o * tanh(c_new)
@@ -238,8 +238,8 @@ def _gru_cell_fast(zx, hh, bx, bh, h):
     """reset_after with sigmoid, tanh, no clip, in one loop; zx, hh the products (biases not added yet)."""
     H = h.shape[0]
     for j in range(H):
-        z = sigmoid((zx[j] + bx[j]) + (hh[j] + bh[j]))
-        r = sigmoid((zx[H + j] + bx[H + j]) + (hh[H + j] + bh[H + j]))
+        z = sigmoid_gate((zx[j] + bx[j]) + (hh[j] + bh[j]))
+        r = sigmoid_gate((zx[H + j] + bx[H + j]) + (hh[H + j] + bh[H + j]))
         n = tanh((zx[2 * H + j] + bx[2 * H + j]) + r * (hh[2 * H + j] + bh[2 * H + j]))
         h[j] = z * h[j] + (ONE - z) * n
 
