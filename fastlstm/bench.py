@@ -114,7 +114,7 @@ def run(a, stamp=None):
         machine={"cpu": bm.cpu_line(), "cores": os.cpu_count(), "platform": platform.platform()},
         blas=bm.blas_line(), versions=bm.versions(), threads=threads, quick=quick, repeats=repeats,
         min_time_s=min_time, backends=backends, fastlstm_backend=main_backend,
-        heap_top_pad_bytes=bm.HEAP_TOP_PAD if heap_warm else 0,
+        heap_mallopt=dict(bm.HEAP_SETTINGS) if heap_warm else {},
         sgemm_peak_gflops={str(n): g for n, g in peaks.items()},
         tolerance={"norm": bm.NORM_TOL, "elem_rtol": bm.ELEM_RTOL, "elem_atol_of_max": bm.ELEM_ATOL},
         workloads=[], failures=[], ok=True)
@@ -124,8 +124,8 @@ def run(a, stamp=None):
     print(f"CPU: {res['machine']['cpu']} ({res['machine']['cores']} cores);  BLAS: {res['blas']};  "
           f"backends: {', '.join(backends)};  repeats: {repeats}, >= {min_time:g} s each")
     if heap_warm:
-        print(f"heap: glibc M_TOP_PAD {bm.HEAP_TOP_PAD >> 20} MiB (freed memory stays mapped between calls, for "
-              f"every runtime alike)")
+        print("heap (every runtime alike): glibc mallopt " + ", ".join(f"{k} {v >> 20} MiB" for k, v in
+              bm.HEAP_SETTINGS.items()) + ": large temporaries come from the heap and freed memory stays mapped")
     print("SGEMM 2048^3 peak: " + ", ".join(f"{n} thread{'s' * (n > 1)} {g:.1f} GFLOP/s" for n, g in peaks.items()))
     print(f"verify: relative error ||got - ref|| / ||ref|| against a float64 reference run, tolerance "
           f"{bm.NORM_TOL:g} (and per element {bm.ELEM_RTOL:g} |ref| + {bm.ELEM_ATOL:g} max|ref|)")

@@ -830,23 +830,25 @@ def set_peer_threads(n):
     ort_peer.threads = n
 
 
-HEAP_TOP_PAD = 256 << 20
+# glibc malloc settings for the bench process (keep_heap_warm): mallopt parameter -> value
+HEAP_SETTINGS = {"M_MMAP_THRESHOLD": 256 << 20, "M_TRIM_THRESHOLD": 1 << 30, "M_TOP_PAD": 64 << 20}
+_MALLOPT_PARAM = {"M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2, "M_MMAP_THRESHOLD": -3}
 
 
-def keep_heap_warm(pad=HEAP_TOP_PAD):
-    """glibc: keep `pad` bytes of freed memory at the top of the heap (mallopt M_TOP_PAD) instead of handing it
-    back to the OS after each call. A runtime that frees and re-allocates large temporaries on every call then
-    stops paying page faults for them, as it would in a long-running process that had grown its heap: torch's
-    training step does that, and its train_b32_t200_h128 time drops from about 93 ms in a fresh process to
-    74 ms (fastlstm's kernels work in preallocated arrays: 63-64 ms either way). Process-wide, so every runtime
-    in the bench gets the same setting. True when set; False where the C library has no mallopt."""
+def keep_heap_warm():
+    """glibc: serve allocations of up to 256 MiB from the heap and keep up to 1 GiB of freed heap mapped
+    (mallopt HEAP_SETTINGS), instead of mapping each large block afresh and handing freed memory back to the OS.
+    A runtime that allocates and frees large temporaries on every call then stops paying page faults for them,
+    as it would in a long-running process: torch's training step does that (tens of MiB per call, above glibc's
+    adaptive mmap threshold), and its train_b32_t200_h128 time drops from about 93 ms to 74 ms (fastlstm's kernels
+    work in preallocated arrays: 62-64 ms either way). Process-wide, so every runtime in the bench gets the same
+    setting. True when every setting took; False where the C library has no mallopt."""
     import ctypes
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    m_top_pad = -2                                 # glibc's M_TOP_PAD
-    return bool(mallopt(m_top_pad, int(pad)))
+    return all([bool(mallopt(_MALLOPT_PARAM[name], value)) for name, value in HEAP_SETTINGS.items()])
 
 
 def blas_line():
