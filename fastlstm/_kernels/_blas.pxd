@@ -148,24 +148,13 @@ cdef extern from *:
                         Ct = tmp;
                         ldt = 16;
                     }
-                    if (bt) {
-                        switch (mr) {
-                            case 6: fl_tile(6, kc, Ai, lda, Bp, Ct, ldt, bt); break;
-                            case 5: fl_tile(5, kc, Ai, lda, Bp, Ct, ldt, bt); break;
-                            case 4: fl_tile(4, kc, Ai, lda, Bp, Ct, ldt, bt); break;
-                            case 3: fl_tile(3, kc, Ai, lda, Bp, Ct, ldt, bt); break;
-                            case 2: fl_tile(2, kc, Ai, lda, Bp, Ct, ldt, bt); break;
-                            default: fl_tile(1, kc, Ai, lda, Bp, Ct, ldt, bt); break;
-                        }
-                    } else {
-                        switch (mr) {
-                            case 6: fl_tile(6, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
-                            case 5: fl_tile(5, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
-                            case 4: fl_tile(4, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
-                            case 3: fl_tile(3, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
-                            case 2: fl_tile(2, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
-                            default: fl_tile(1, kc, Ai, lda, Bp, Ct, ldt, NULL); break;
-                        }
+                    switch (mr) {
+                        case 6: fl_tile(6, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                        case 5: fl_tile(5, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                        case 4: fl_tile(4, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                        case 3: fl_tile(3, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                        case 2: fl_tile(2, kc, Ai, lda, Bp, Ct, ldt, bt); break;
+                        default: fl_tile(1, kc, Ai, lda, Bp, Ct, ldt, bt); break;
                     }
                     if (nn < 16)
                         for (int r = 0; r < mr; r++)
