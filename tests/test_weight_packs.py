@@ -105,7 +105,8 @@ def test_layer_packs_again_after_set_weights():
 @pytest.mark.parametrize("K, N", [(37, 45), (128, 512), (400, 16)], ids=str)
 def test_packed_gemm_every_row_count(K, N):
     """The packed register-tile GEMM (_blas.fl_gemm_packed: 6-row tiles, the last 7-9 rows as 4 + 3, 4 + 4,
-    5 + 4; K > 384 in chunks) against float64 NumPy for every row count through several tile plans."""
+    5 + 4; K > 384 in chunks), accumulating and starting from a bias, against float64 NumPy for every row count
+    through several tile plans."""
     from fastlstm._kernels import _blas
     rng = np.random.default_rng(K)
     w = rng.standard_normal((K, N)).astype(np.float32)
@@ -115,3 +116,8 @@ def test_packed_gemm_every_row_count(K, N):
         expected = c.astype(np.float64) + a.astype(np.float64) @ w.astype(np.float64)
         got = _blas._recurrent_check(a, w, c.copy(), True)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.sqrt(K), err_msg=f"M={M}")
+        # starting from a bias instead (fl_gemm_packed_bias): what c held is never read
+        bias = rng.standard_normal(N).astype(np.float32)
+        got = _blas._recurrent_check(a, w, np.full((M, N), np.nan, np.float32), True, bias=bias)
+        expected = bias.astype(np.float64) + a.astype(np.float64) @ w.astype(np.float64)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.sqrt(K), err_msg=f"M={M}, bias")

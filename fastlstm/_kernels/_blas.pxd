@@ -7,6 +7,7 @@
     matmul_acc        ... for the per-step C += A @ op(W): a 6x16 AVX2/FMA register-tile kernel on the panels
                       (1 < rows < PACKED_MAX_ROWS), a one-row product over 64-column panels (rows == 1),
                       matrix-vector products (rows <= GEMV_MAX_ROWS), else gemm.
+    fl_gemm_packed_bias  C = bias + A @ W on the same tiles, C not read (no pass filling C with the bias).
 """
 from cython cimport floating
 

@@ -60,11 +60,13 @@ def _gemm_check(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
              &a[0, 0], a.shape[1], &b[0, 0], b.shape[1], <floating>beta, &c[0, 0], c.shape[1])
 
 
-def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1] c, bint packed, int repeats=1):
-    """c += a @ w, `repeats` times, through fl_gemm_packed (packed) or gemm (matmul_acc when a has one row):
-    for tests and timing only."""
+def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1] c, bint packed, int repeats=1,
+                     const float[::1] bias=None):
+    """c += a @ w, `repeats` times, through fl_gemm_packed (packed) or gemm (matmul_acc when a has one row);
+    packed with `bias` (N,): c = bias + a @ w through fl_gemm_packed_bias. For tests and timing only."""
     cdef int M = a.shape[0], K = a.shape[1], N = w.shape[1], r
     cdef float *wp = NULL
+    cdef const float *bp = &bias[0] if bias is not None else NULL
     if packed and FL_PACKED_GEMM:
         wp = <float*>fl_alloc(fl_packed_size(K, N) * sizeof(float))
     with nogil:
@@ -72,7 +74,7 @@ def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1]
             fl_pack(K, N, &w[0, 0], N, 0, wp)
         for r in range(repeats):
             if wp != NULL:
-                fl_gemm_packed(M, N, K, &a[0, 0], K, wp, &c[0, 0], N)
+                fl_gemm_packed_bias(M, N, K, &a[0, 0], K, wp, &c[0, 0], N, bp)
             elif M == 1:
                 matmul_acc(M, N, K, &a[0, 0], K, &w[0, 0], N, False, NULL, &c[0, 0], N)
             else:

@@ -10,20 +10,21 @@ Backward, per step in reverse processing order (dh += dy[t] first; masked rows p
     dz_o = dh * a_h(c) * a_f'(z_o);  dc_t = dc + dh * o * a_h'(c) + p_o * dz_o
     dz_i = dc_t * g * a_f'(z_i);  dz_f = dc_t * c_prev * a_f'(z_f);  dz_g = dc_t * i * a_g'(z_g)
     dc_prev = dc_t * f + p_i * dz_i + p_f * dz_f;   dh_prev = dz @ w_h^T
-Compute shape: one GEMM (T*B, I) @ (I, 4H) into z_ws (pre-filled with b), per step one (B, H) @ (H, 4H)
-product into z_ws[t] and one fused gate pass per row. Backward: per step the gate pass and
-dh_prev = dz @ w_h^T; at the end dx as one GEMM over all T*B rows and [dw_x; dw_h] as one GEMM
-[x, h_prev]^T @ dz (one pass over dz; [x, h_prev] copied chunk by chunk into a scratch).
+Compute shape: one GEMM (T*B, I) @ (I, 4H) into z_ws (pre-filled with b; float32 on packed tiles: the tiles
+start from b instead), per step one (B, H) @ (H, 4H) product into z_ws[t] and one fused gate pass per row.
+Backward: per step the gate pass and dh_prev = dz @ w_h^T; at the end dx as one GEMM over all T*B rows and
+[dw_x; dw_h] as one GEMM [x, h_prev]^T @ dz (one pass over dz; [x, h_prev] copied chunk by chunk into a scratch).
 The per-step products go through _blas.matmul_acc: a GEMV when B == 1; for float32 and 1 < B < 128 a
 register-tile kernel on w_h (w_h^T in backward) packed once per call, or kept across calls by the caller's
 _blas.WeightPacks (`packs`); otherwise BLAS gemm. With those tiles (1 < B < 128) the backward computes dx step by
 step as well (dx[t] = dz_t @ w_x^T while dz_t is in cache), and so does the forward for the input product when
-the inputs are narrow (_input_rows). A batch-1 float32 inference with the default gate pass (T >= 8) instead
+w_x fits in 2 MiB (_input_rows). A batch-1 float32 inference with the default gate pass (T >= 8) instead
 packs w_h by units (16 units of the four gates per panel) and runs fl_lstm_units_step, which overlaps each panel's
 gate pass with the next panel's product (software pipelining; same arithmetic bit for bit).
 
 Two gate passes: the default activations (sigmoid, tanh, tanh) without peepholes, clip or input_forget
-take one fused loop per row that gcc vectorises; anything else takes the general pass, which works on
+take one fused pass per row (float32 with AVX2: fl_lstm_fwd_row / fl_lstm_bwd_row in C, else a loop that gcc
+vectorises); anything else takes the general pass, which works on
 CH-column chunks in stack buffers and switches on the activation codes once per chunk.
 Running state: h_prev is y_out[t_prev] (or h0); c lives in cs_out[t] when training, else in cT_out,
 updated in place. Backward keeps dh, dc in dh0_out, dc0_out. Apart from the packed weights and the
@@ -39,7 +40,8 @@ from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
 from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACKED_MAX_ROWS, PACK_PANELS16,
                                       PACK_UNITS, ROWVEC_MIN_USES, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemm_packed_bias, fl_gemv_packed64, gemm, matmul_acc, pack_as, pack_kind, pack_weights)
+                                      fl_gemm_packed_bias, fl_gemv_packed64, gemm, matmul_acc, pack_as, pack_kind,
+                                      pack_weights)
 
 cdef extern from *:
     """
