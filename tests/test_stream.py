@@ -10,6 +10,8 @@ import pytest
 import fastlstm
 from fastlstm import layers as L
 
+from conftest import PACKED, needs_packed
+
 TOL32 = dict(rtol=2e-5, atol=2e-6)
 
 
@@ -313,6 +315,7 @@ def _check_gru_stepper(Packed64, GRUStepper, a, tol):
 lstm_cy = pytest.importorskip("fastlstm._kernels.lstm_cy", reason="the Cython extension is built in CI")
 
 
+@needs_packed
 @pytest.mark.parametrize("I, H", [(3, 5), (70, 66), (128, 128)])
 @pytest.mark.parametrize("opts", [dict(), dict(peepholes=True, clip=0.7, input_forget=True),
                                   dict(act_specs=[(2, 0.2, 0.5), (4, 0, 0), (1, 0, 0)])], ids=str)
@@ -333,6 +336,7 @@ def test_lstm_stepper_against_reference(I, H, opts):
 gru_cy = pytest.importorskip("fastlstm._kernels.gru_cy", reason="the Cython extension is built in CI")
 
 
+@needs_packed
 @pytest.mark.parametrize("I, H", [(3, 5), (70, 66)])
 @pytest.mark.parametrize("opts", [dict(), dict(reset_after=False), dict(clip=0.6),
                                   dict(reset_after=False, act_specs=[(4, 1 / 6, 0.5), (10, 0, 0)])], ids=str)
@@ -368,7 +372,8 @@ def test_batch1_chain_embedding_lstm_dropout_dense(rng):
     m.predict(x)
     m.set_weights([0.4 * rng.normal(size=w.shape).astype(np.float32) for w in m.get_weights()])   # biases too
     s = m.stream()
-    assert (s._chain is not None) == hasattr(fastlstm.get_backend(), "Packed64")   # the Cython backend's steppers
+    # the Cython backend's steppers (built with AVX2/FMA)
+    assert (s._chain is not None) == (hasattr(fastlstm.get_backend(), "Packed64") and PACKED)
     check_against_predict(m, x, chunks=[1, 3, 5])
     check_against_predict(m, x.astype(np.float64), chunks=[2, 7])      # integral float ids take the general path
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 30\)"):
@@ -381,13 +386,14 @@ def test_batch1_chain_embedding_lstm_dropout_dense(rng):
 
 # ---- compiled chains (chain_cy.ChainStepper): Embedding -> LSTM/GRU -> Dense in one call at batch 1 ----------
 def _has_chain():
-    return hasattr(fastlstm.get_backend(), "ChainStepper")
+    """The backend streams batch-1 chains in one compiled call (Cython, built with AVX2/FMA)."""
+    return hasattr(fastlstm.get_backend(), "ChainStepper") and PACKED
 
 
 def test_cython_backend_has_chain_stepper():
     """The chain step ships with the other steppers: a build that lost it must not fall back silently."""
     if fastlstm.get_backend().name == "cython":
-        assert _has_chain()
+        assert hasattr(fastlstm.get_backend(), "ChainStepper")
 
 
 def chain_model(head, rnns, vocab=40, embed=8, mask_zero=False, float_in=None, rng=None):
@@ -475,7 +481,7 @@ def test_compiled_chain_not_built_for_numpy_only_activation(rng):
     m = chain_model([L.Dense(4, activation="log_softmax")], [L.LSTM(6)], rng=rng)
     s = m.stream()
     assert s._compiled is None
-    assert (s._chain is not None) == hasattr(fastlstm.get_backend(), "Packed64")
+    assert (s._chain is not None) == (hasattr(fastlstm.get_backend(), "Packed64") and PACKED)
     check_against_predict(m, rng.integers(0, 40, size=(1, 5)))
 
 
@@ -624,7 +630,7 @@ def test_compiled_chain_used_for_demo_model():
     scores = [s.step(ids[:, t:t + 1]) for t in range(ids.shape[1])]
     npt.assert_allclose(scores[-1], m.predict(ids), **TOL32)
     npt.assert_allclose(scores[len(scores) // 2], m.predict(ids[:, :len(scores) // 2 + 1]), **TOL32)
-    if fastlstm.get_backend().name == "cython":
+    if fastlstm.get_backend().name == "cython" and PACKED:
         assert type(s._compiled).__name__ == "ChainStepper"
         assert s.step == s._compiled.step
         assert (s._compiled.n_compiled, s._compiled.n_fallback) == (ids.shape[1], 0)

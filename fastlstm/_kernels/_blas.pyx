@@ -13,6 +13,10 @@ from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 cnp.import_array()
 
+# whether this build has the AVX2/FMA packed paths (register tiles, kept packs, batch-1 steppers): without them
+# the kernels take BLAS and the general passes, and the steppers' constructors raise
+PACKED_GEMM = bool(FL_PACKED_GEMM)
+
 
 cdef void gemm(Trans ta, Trans tb, int m, int n, int k, floating alpha, const floating* a, int lda,
                const floating* b, int ldb, floating beta, floating* c, int ldc) noexcept nogil:
@@ -72,6 +76,9 @@ def _recurrent_check(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1]
     with nogil:
         if wp != NULL:
             fl_pack(K, N, &w[0, 0], N, 0, wp)
+        if wp == NULL and bp != NULL:          # (no packed build: c = bias, then c += a @ w below)
+            for r in range(M):
+                memcpy(&c[r, 0], bp, N * sizeof(float))
         for r in range(repeats):
             if wp != NULL:
                 fl_gemm_packed_bias(M, N, K, &a[0, 0], K, wp, &c[0, 0], N, bp)
