@@ -7,9 +7,11 @@
     matmul_acc        ... for the per-step C += A @ op(W): a 6x16 AVX2/FMA register-tile kernel on the panels
                       (1 < rows < PACKED_MAX_ROWS), a one-row product over 64-column panels (rows == 1),
                       matrix-vector products (rows <= GEMV_MAX_ROWS), else gemm.
-    fl_gemm_packed_bias  C = bias + A @ W on the same tiles, C not read (no pass filling C with the bias).
+    matmul_bias       C = bias + A @ op(W): on the packed tiles they start from the bias (fl_gemm_packed_bias, C
+                      not read: no pass filling C with the bias), else the fill and matmul_acc.
 """
 from cython cimport floating
+from libc.string cimport memcpy
 
 cdef enum Trans:
     NO_TRANS = 0
@@ -392,6 +394,21 @@ cdef inline void matmul_acc(int M, int N, int K, const floating* a, int lda, con
     else:
         # C += A @ op(W)
         gemm(NO_TRANS, TRANS if trans_w else NO_TRANS, M, N, K, <floating>1, a, lda, w, ldw, <floating>1, c, ldc)
+
+
+cdef inline void matmul_bias(int M, int N, int K, const floating* a, int lda, const floating* w, int ldw,
+                             bint trans_w, const float* wp, const floating* bias, floating* c, int ldc) noexcept nogil:
+    """C (M x N) = bias (N,) + A (M x K) @ op(W), rounded as C filled with the bias and then matmul_acc: on the
+    packed tiles (float32, wp in 16-column panels: M > 1) they start from the bias and C is never read; else
+    C is filled with the bias row by row first."""
+    cdef int i
+    if floating is float:
+        if wp != NULL and M > 1:
+            fl_gemm_packed_bias(M, N, K, a, lda, wp, c, ldc, bias)
+            return
+    for i in range(M):
+        memcpy(c + i * ldc, bias, N * sizeof(floating))
+    matmul_acc(M, N, K, a, lda, w, ldw, trans_w, wp, c, ldc)
 
 
 cdef class WeightPacks:

@@ -27,7 +27,7 @@ from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemm_packed_bias, fl_gemv_packed64, gemm, matmul_acc, pack_weights)
+                                      fl_gemv_packed64, gemm, matmul_acc, matmul_bias, pack_weights)
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
@@ -200,13 +200,8 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
         yt = y + t * B * H
         gt = gates_out + t * B * G if training else NULL
         if reset_after:
-            # hz_ws[t] = h_prev @ w_h + b_h   (float32 on packed tiles: they add b_h, no fill pass)
-            if floating is float and wp_a != NULL and B > 1:
-                fl_gemm_packed_bias(<int>B, <int>G, <int>H, h_prev, <int>H, wp_a, hzt, <int>G, b_h)
-            else:
-                for bi in range(B):
-                    _copy(hzt + bi * G, b_h, G)
-                matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, hzt, <int>G)
+            # hz_ws[t] = h_prev @ w_h + b_h
+            matmul_bias(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, b_h, hzt, <int>G)
             for bi in range(B):
                 row = t * B + bi
                 valid = mask == NULL or mask[row] != 0
@@ -223,9 +218,7 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
                     _copy(yt + bi * H, h_prev + bi * H, H)
         else:
             # hz_ws[t][:, :2H] = h_prev @ w_h[:, :2H] + b_h[:2H]
-            for bi in range(B):
-                _copy(hzt + bi * G, b_h, 2 * H)
-            matmul_acc(<int>B, <int>(2 * H), <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, hzt, <int>G)
+            matmul_bias(<int>B, <int>(2 * H), <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, b_h, hzt, <int>G)
             # z, r; hz_ws[t][:, 2H:] = r * h_prev. z is kept in gates_out, or in y_out[t] until h replaces it
             for bi in range(B):
                 _fwd_row_before_zr(zt + bi * G, hzt + bi * G, h_prev + bi * H, hzt + bi * G + 2 * H,

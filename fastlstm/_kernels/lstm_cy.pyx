@@ -40,7 +40,7 @@ from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
 from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACKED_MAX_ROWS, PACK_PANELS16,
                                       PACK_UNITS, ROWVEC_MIN_USES, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemm_packed_bias, fl_gemv_packed64, gemm, matmul_acc, pack_as, pack_kind,
+                                      fl_gemv_packed64, gemm, matmul_acc, matmul_bias, pack_as, pack_kind,
                                       pack_weights)
 
 cdef extern from *:
@@ -406,15 +406,9 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         for r in range(T * B):
             _add(z_ws + r * G, b, G)
     elif not step_input:
-        # z_ws = b + x @ w_x   (all T*B rows at once). Few rows, as in a one-request latency call: through the
-        # packed tiles (which unlike a threaded gemm never wait on BLAS worker threads), starting from b;
-        # else z_ws filled with b, then BLAS adds x @ w_x
-        if floating is float and wx_packed != NULL:
-            fl_gemm_packed_bias(<int>(T * B), <int>G, <int>I, x, <int>I, wx_packed, z_ws, <int>G, b)
-        else:
-            for r in range(T * B):
-                _copy(z_ws + r * G, b, G)
-            matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, z_ws, <int>G)
+        # z_ws = b + x @ w_x   (all T*B rows at once; few rows, as in a one-request latency call, go through the
+        # packed tiles, which unlike a threaded gemm never wait on BLAS worker threads)
+        matmul_bias(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, b, z_ws, <int>G)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
@@ -437,14 +431,8 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
                 c_prev = ct
                 continue
         if step_input:
-            # z_ws[t] = b + x_t @ w_x   (float32: the tiles start from b, no fill pass)
-            if floating is float:
-                fl_gemm_packed_bias(<int>B, <int>G, <int>I, x + t * B * I, <int>I, wx_packed, zt, <int>G, b)
-            else:
-                for bi in range(B):
-                    _copy(zt + bi * G, b, G)
-                matmul_acc(<int>B, <int>G, <int>I, x + t * B * I, <int>I, w_x, <int>G, False, wx_packed, zt,
-                           <int>G)
+            # z_ws[t] = b + x_t @ w_x
+            matmul_bias(<int>B, <int>G, <int>I, x + t * B * I, <int>I, w_x, <int>G, False, wx_packed, b, zt, <int>G)
         # z_ws[t] += h_prev @ w_h
         matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, w_packed, zt, <int>G)
         for bi in range(B):
