@@ -172,8 +172,8 @@ class KernelRun:
         self._forward = getattr(self.k, f"{cell}_forward")
         self._backward = getattr(self.k, f"{cell}_backward")
         self._fvals = list(self.fwd.values())
-        # weights fixed for the run: the Cython kernels keep their packed copies across calls, as a loaded model
-        # does (onnxruntime likewise packs its weights once per session)
+        # weights fixed for the run: the kernels keep their packed copies across calls (packs_kw), as a loaded
+        # model does (onnxruntime likewise packs its weights once per session)
         self._fkw = packs_kw(self.k, {})
         self.bwd = None
         if training:

@@ -207,7 +207,7 @@ def test_overflowing_candidate_saturates_like_onnxruntime(backend, N, op, acts, 
     pre-activations in the normal range; R = 0 keeps the units apart (no inf * 0 in the recurrent products)."""
     fastlstm.set_backend(backend)
     try:
-        T, H = 4, 2
+        H = 2
         n_gates = 3 if op == "GRU" else 4
         cand = 2 if op == "GRU" else 3                 # the candidate's block: ONNX gate orders z, r, h / i, o, f, c
         x = np.array([1.0, 2.0, 1.5, 3.0], np.float32)[:, None, None] * np.array([1.0, 2.0][:N], np.float32)[:, None]

@@ -63,13 +63,20 @@ def _pow2_f32(typingctx, n):
 
 
 @njit(**NUMBA_FLAGS)
+def _exp_reduced(xc):
+    """(n, p) with exp(xc) = p * 2^n: n = round(xc / ln2), p = exp(xc - n ln2) by Cody-Waite and the degree-7
+    Taylor polynomial (float32 xc)."""
+    n = np.floor(xc * _LOG2E + HALF)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    return n, ONE + r * (ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+
+
+@njit(**NUMBA_FLAGS)
 def _exp_f32(x):
     """exp(x) for float32 x <= 0, branch-free (vectorisable), within 2 ulp; gradual underflow to 0 like expf."""
     xc = x if x < ZERO else ZERO              # NaN -> 0 here (finite n for the bit trick), restored below
     xc = xc if xc > _EXP_LO else _EXP_LO
-    n = np.floor(xc * _LOG2E + HALF)
-    r = (xc - n * _LN2_HI) - n * _LN2_LO
-    p = ONE + r * (ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+    n, p = _exp_reduced(xc)
     # 2^n for n in [-150, 0]: below -120 as 2^(n + 32) * 2^-32, so that the result rounds into the subnormals once
     tiny = n < _N_TINY
     e = p * _pow2_f32(n + _N_SHIFT if tiny else n)
@@ -124,9 +131,7 @@ def _sigmoid_gate_impl(x):
             xc = -x
             xc = _SIG_EXP_HI if xc > _SIG_EXP_HI else xc
             xc = _SIG_EXP_LO if xc < _SIG_EXP_LO else xc        # NaN fails both tests
-            n = np.floor(xc * _LOG2E + HALF)
-            r = (xc - n * _LN2_HI) - n * _LN2_LO
-            p = ONE + r * (ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+            n, p = _exp_reduced(xc)
             return ONE / (ONE + p * _pow2_f32(n if n == n else ZERO))   # (a NaN n: undefined in the bit trick)
     else:
         def impl(x):

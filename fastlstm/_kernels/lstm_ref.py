@@ -23,9 +23,10 @@ After lstm_forward with training outputs, z_ws holds every valid step's final pr
 clip applied), gates_out the activated i, f, g, o and cs_out the cell state after each step. After an inference
 z_ws is scratch: a backend may leave only x_t @ w_x + b there (the Cython batch-1 steps do).
 
-The Cython backend's lstm_forward and gru_forward take one more, optional argument: packs, a _blas.WeightPacks
-that keeps packed copies of w_x and w_h across calls, for a caller whose weights stay the same arrays with the
-same values (see fastlstm._kernels.packs_kw).
+The Cython and Numba backends' lstm_forward and gru_forward take one more, optional argument: packs, the
+backend's WeightPacks (Cython: _blas.WeightPacks; Numba: KeptPanels, used by its LSTM) that keeps packed copies of
+w_x and w_h across calls, for a caller whose weights stay the same arrays with the same values (see
+fastlstm._kernels.packs_kw).
 
 Projected input (I == 0: x (T, B, 0), w_x (0, 4H)): z_ws holds x_t @ w_x on entry, computed by the caller (an
 Embedding feeding the layer projects each distinct token once); the kernel adds b and runs the steps as usual.

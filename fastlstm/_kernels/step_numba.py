@@ -19,13 +19,12 @@ Per-call overhead (a session's hot path): step() and run() are closures bound at
 compiled entry points directly (no dispatcher type resolution) with three arrays: x, the output and `meta`, the
 addresses of the stepper's own arrays (packed weights, a workspace holding biases, settings and scratch, the
 states), which the kernels view through numba.carray; the closures keep those arrays alive. The GIL is released.
-Numba's cache keys on this file only: after editing _numba_common, touch this file too.
+Numba's cache keys on this file's content only: after editing _numba_common, delete the cached kernels (see
+_numba_common's docstring).
 """
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..config import NUMBA_FLAGS
