@@ -293,6 +293,54 @@ def test_projected_input_mode(backend, dtype, cell, opts, shape):
     np.testing.assert_allclose(x2.T @ dz, bref["dw_x_out"], **TOL[dtype])
 
 
+def _batch_major(args):
+    """The same call with x, z_ws and y_out batch-first (B, T, .), as batch_major takes them."""
+    out = copy_args(args)
+    for n in ("x", "z_ws", "y_out"):
+        out[n] = np.ascontiguousarray(out[n].transpose(1, 0, 2))
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("cell, opts", [("lstm", {}), ("lstm", dict(mask="random", reverse=True)),
+                                        ("lstm", dict(peepholes=True, clip=0.7, mask="post")),
+                                        ("lstm", dict(act_specs=[(acts.SILU, 0, 0), (acts.ELU, 1.0, 0),
+                                                                 (acts.SOFTSIGN, 0, 0)], scale=0.3)),
+                                        ("gru", {}), ("gru", dict(reset_after=False, mask="random")),
+                                        ("gru", dict(reverse=True, mask="post", clip=0.6))], ids=str)
+# B=1 (the batch-1 unit steps), small batches on packed tiles with the input product over all rows (T*B < 320)
+# and step by step (T*B >= 320), and a batch past the packed tiles (BLAS gemm per step)
+@pytest.mark.parametrize("shape", [(1, 1, 3, 4), (9, 1, 20, 66), (6, 4, 9, 7), (10, 13, 6, 9), (50, 8, 16, 24),
+                                   (12, 33, 20, 17), (3, 400, 6, 5)], ids=str)
+def test_batch_major_equals_time_major(backend, dtype, cell, opts, shape):
+    """batch_major=True (x, z_ws, y_out as (B, T, .): a batch-first caller's arrays, no transposed copies) gives
+    the time-major call's outputs, every backend: the same arithmetic, except that BLAS's product over all T*B
+    rows (here 400, 396 and 1200 rows) may round a row differently at another position in the matrix."""
+    k = get_backend(backend)
+    make = lstm_args if cell == "lstm" else gru_args
+    fwd = k.lstm_forward if cell == "lstm" else k.gru_forward
+    args = make(*shape, dtype, np.random.default_rng(5), **opts)
+    tm, bm = copy_args(args), _batch_major(args)
+    bm["y_out"][...] = np.nan
+    fwd(*tm.values())
+    fwd(*bm.values(), batch_major=True)
+    same = np.testing.assert_array_equal if shape[0] * shape[1] < 320 else (
+        lambda a, b, err_msg="": np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=err_msg))
+    same(bm["y_out"], tm["y_out"].transpose(1, 0, 2))
+    for n in (LSTM_FWD_OUT if cell == "lstm" else GRU_FWD_OUT)[1:]:
+        same(bm[n], tm[n], err_msg=n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_batch_major_refuses_training(backend, cell):
+    k = get_backend(backend)
+    args = (lstm_args if cell == "lstm" else gru_args)(4, 3, 5, 6, training=True)
+    with pytest.raises(ValueError, match="inference only"):
+        (k.lstm_forward if cell == "lstm" else k.gru_forward)(*_batch_major(args).values(), batch_major=True)
+
+
 @pytest.mark.parametrize("H", [1, 5, 16, 17, 66, 128])
 @pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
 def test_lstm_batch1_unit_steps_equal_the_general_steps(H, opts):

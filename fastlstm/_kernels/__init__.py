@@ -130,3 +130,12 @@ def available():
     if cython_built():
         out.append("cython")
     return out
+
+
+def batch_first(x_tm):
+    """The C-contiguous (B, T, I) array of which x_tm (T, B, I) is the transposed view, for the kernels'
+    batch_major forward (no time-major copy); None when x_tm is C-contiguous itself or some other view."""
+    if x_tm.flags.c_contiguous:
+        return None
+    x = x_tm.transpose(1, 0, 2)
+    return x if x.flags.c_contiguous else None

@@ -22,6 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..config import NUMBA_FLAGS
+from .lstm_ref import time_major_views
 from .acts import (AFFINE, ELU, EXPONENTIAL, GELU, HARD_SIGMOID, HARD_SILU, LEAKY_RELU, LINEAR, RELU, RELU6,
                    SCALED_TANH, SELU, SELU_ALPHA, SELU_SCALE, SIGMOID, SILU, SOFTPLUS, SOFTSIGN, TANH,
                    THRESHOLDED_RELU)
@@ -690,3 +691,12 @@ def step_matmul(a, w, wp, a_pad, copy_a, out, back=False):
         np.dot(a[0], w, out[0])          # one row: a matrix-vector product (BLAS gemv)
     else:
         np.dot(a, w, out)
+
+
+def as_time_major(x, z_ws, y_out, gates_out):
+    """A batch_major call's (B, T, .) arrays for the njit kernels, which index C-contiguous time-major ones:
+    copies of x and (projected input, I == 0) z_ws, a fresh z_ws otherwise, and a fresh y; the caller copies y
+    back into y_out.transpose(1, 0, 2)."""
+    xv, zv = time_major_views(True, gates_out, x, z_ws)
+    z = np.ascontiguousarray(zv) if x.shape[2] == 0 else np.empty(zv.shape, z_ws.dtype)
+    return np.ascontiguousarray(xv), z, np.empty(xv.shape[:2] + y_out.shape[2:], y_out.dtype)

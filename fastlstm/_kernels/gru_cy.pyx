@@ -154,10 +154,16 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
                        const double* ab, floating clip, bint reset_after, bint reverse, floating* z_ws,
                        floating* hz_ws, floating* y, floating* hT, floating* gates_out, Py_ssize_t T,
                        Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const float* wa_kept, const float* wn_kept,
-                       const float* wx_kept) noexcept nogil:
+                       const float* wx_kept, bint batch_major) noexcept nogil:
     """wa_kept, wn_kept, wx_kept: wp_a, wp_n and w_x packed as this call would pack them (pack_weights), copies a
-    WeightPacks keeps (see gru_forward); or NULL: packed here when that pays, and freed on return."""
+    WeightPacks keeps (see gru_forward); or NULL: packed here when that pays, and freed on return. batch_major:
+    x, z_ws and y are (B, T, .) instead of (T, B, .) (inference only): the steps read and write their rows with a
+    stride (hz_ws stays time-major)."""
     cdef Py_ssize_t G = 3 * H, r, k, t, bi, j, row
+    # element strides between steps (s*t) and between the batch rows of one step (s*b)
+    cdef Py_ssize_t szt = G if batch_major else B * G, szb = T * G if batch_major else G
+    cdef Py_ssize_t syt = H if batch_major else B * H, syb = T * H if batch_major else H
+    cdef Py_ssize_t ldh = H             # row stride of h_prev: h0, then y's
     cdef bint training = gates_out != NULL, valid
     cdef bint fast = codes[0] == SIGMOID and codes[1] == TANH and clip <= 0
     cdef const floating *h_prev = h0
@@ -195,47 +201,49 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
         fl_free(wx_own)
     for k in range(T):
         t = _step(k, T, reverse)
-        zt = z_ws + t * B * G
+        zt = z_ws + t * szt
         hzt = hz_ws + t * B * G
-        yt = y + t * B * H
+        yt = y + t * syt
         gt = gates_out + t * B * G if training else NULL
         if reset_after:
             # hz_ws[t] = h_prev @ w_h + b_h
-            matmul_bias(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, b_h, hzt, <int>G)
+            matmul_bias(<int>B, <int>G, <int>H, h_prev, <int>ldh, w_h, <int>G, False, wp_a, b_h, hzt, <int>G)
             for bi in range(B):
                 row = t * B + bi
                 valid = mask == NULL or mask[row] != 0
                 if not valid and not training:
-                    _copy(yt + bi * H, h_prev + bi * H, H)
+                    _copy(yt + bi * syb, h_prev + bi * ldh, H)
                     continue
                 if fast:
-                    _fwd_row_fast(zt + bi * G, hzt + bi * G, h_prev + bi * H, yt + bi * H,
+                    _fwd_row_fast(zt + bi * szb, hzt + bi * G, h_prev + bi * ldh, yt + bi * syb,
                                   gt + bi * G if training else NULL, H)
                 else:
-                    _fwd_row_after(zt + bi * G, hzt + bi * G, h_prev + bi * H, yt + bi * H,
+                    _fwd_row_after(zt + bi * szb, hzt + bi * G, h_prev + bi * ldh, yt + bi * syb,
                                    gt + bi * G if training else NULL, codes, ab, clip, H)
                 if not valid:
-                    _copy(yt + bi * H, h_prev + bi * H, H)
+                    _copy(yt + bi * syb, h_prev + bi * ldh, H)
         else:
             # hz_ws[t][:, :2H] = h_prev @ w_h[:, :2H] + b_h[:2H]
-            matmul_bias(<int>B, <int>(2 * H), <int>H, h_prev, <int>H, w_h, <int>G, False, wp_a, b_h, hzt, <int>G)
+            matmul_bias(<int>B, <int>(2 * H), <int>H, h_prev, <int>ldh, w_h, <int>G, False, wp_a, b_h, hzt, <int>G)
             # z, r; hz_ws[t][:, 2H:] = r * h_prev. z is kept in gates_out, or in y_out[t] until h replaces it
             for bi in range(B):
-                _fwd_row_before_zr(zt + bi * G, hzt + bi * G, h_prev + bi * H, hzt + bi * G + 2 * H,
-                                   gt + bi * G if training else yt + bi * H,
+                _fwd_row_before_zr(zt + bi * szb, hzt + bi * G, h_prev + bi * ldh, hzt + bi * G + 2 * H,
+                                   gt + bi * G if training else yt + bi * syb,
                                    gt + bi * G + H if training else NULL, codes, ab, clip, H)
             # z_ws[t][:, 2H:] += (r * h_prev) @ w_h[:, 2H:]   (b_hn is already in z_ws)
             matmul_acc(<int>B, <int>H, <int>H, hzt + 2 * H, <int>G, w_h + 2 * H, <int>G, False, wp_n, zt + 2 * H,
-                       <int>G)
+                       <int>szb)
             for bi in range(B):
                 row = t * B + bi
-                _fwd_row_before_n(zt + bi * G + 2 * H, gt + bi * G if training else yt + bi * H,
-                                  h_prev + bi * H, yt + bi * H, gt + bi * G + 2 * H if training else NULL,
+                _fwd_row_before_n(zt + bi * szb + 2 * H, gt + bi * G if training else yt + bi * syb,
+                                  h_prev + bi * ldh, yt + bi * syb, gt + bi * G + 2 * H if training else NULL,
                                   codes, ab, clip, H)
                 if mask != NULL and mask[row] == 0:
-                    _copy(yt + bi * H, h_prev + bi * H, H)
+                    _copy(yt + bi * syb, h_prev + bi * ldh, H)
         h_prev = yt
-    _copy(hT, h_prev, B * H)
+        ldh = syb
+    for bi in range(B):
+        _copy(hT + bi * H, h_prev + bi * ldh, H)
     fl_free(wa_own)
     fl_free(wn_own)
 
@@ -245,15 +253,19 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const f
                 const unsigned char[:, ::1] mask, const int[::1] act_codes, const double[:, ::1] act_ab,
                 double clip, bint reset_after, bint reverse, floating[:, :, ::1] z_ws, floating[:, :, ::1] hz_ws,
                 floating[:, :, ::1] y_out, floating[:, ::1] hT_out, floating[:, :, ::1] gates_out,
-                WeightPacks packs=None):
+                WeightPacks packs=None, bint batch_major=False):
     """GRU over T steps. Same contract as gru_ref.gru_forward.
     IN   x (T, B, I)  w_x (I, 3H)  w_h (H, 3H)  b_x, b_h (3H,)  h0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws, hz_ws (T, B, 3H)
     OUT  y_out (T, B, H)  hT_out (B, H);  gates_out (T, B, 3H) | (0, 0, 0)
     packs: a _blas.WeightPacks that keeps the packed w_h and w_x across calls with these same weight arrays
     (their values unchanged), or None: packed per call
+    batch_major: x (B, T, I), z_ws (B, T, 3H) and y_out (B, T, H) instead (inference only)
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0], G = 3 * H
+    cdef Py_ssize_t T = x.shape[1 if batch_major else 0], B = x.shape[0 if batch_major else 1]
+    cdef Py_ssize_t I = x.shape[2], H = w_h.shape[0], G = 3 * H
+    if batch_major and gates_out.shape[0] > 0:
+        raise ValueError("batch_major is for inference only: the training arrays and the backward are time-major")
     cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
     cdef floating *g_ptr = &gates_out[0, 0, 0] if gates_out.shape[0] > 0 else NULL
     cdef const float *wa_kept = NULL
@@ -269,7 +281,8 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const f
     with nogil:
         _gru_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b_x[0], &b_h[0], &h0[0, 0], m_ptr, &act_codes[0],
                      &act_ab[0, 0], <floating>clip, reset_after, reverse, &z_ws[0, 0, 0], &hz_ws[0, 0, 0],
-                     &y_out[0, 0, 0], &hT_out[0, 0], g_ptr, T, B, I, H, wa_kept, wn_kept, wx_kept)
+                     &y_out[0, 0, 0], &hT_out[0, 0], g_ptr, T, B, I, H, wa_kept, wn_kept, wx_kept,
+                     batch_major)
 
 
 # ---------------------------------------------------------------------------------------------------------

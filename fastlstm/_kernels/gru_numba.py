@@ -17,9 +17,9 @@ import numpy as np
 from numba import njit
 
 from ..config import NUMBA_FLAGS
-from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
-                            clip_grad_row, clip_row, dact_row, pack_for_steps, step_buffer, step_input_buffer,
-                            step_matmul, use_packed)
+from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, as_time_major,
+                            cast_like, clip_grad_row, clip_row, dact_row, pack_for_steps, step_buffer,
+                            step_input_buffer, step_matmul, use_packed)
 
 
 @njit(**NUMBA_FLAGS)
@@ -47,9 +47,15 @@ def _recurrent_blocks(w_h, reset_after, transpose, packed, B):
 
 
 def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
-                z_ws, hz_ws, y_out, hT_out, gates_out, packs=None):
+                z_ws, hz_ws, y_out, hT_out, gates_out, packs=None, batch_major=False):
     """Same contract as gru_ref.gru_forward (packs: accepted for the common call, not used: the GRU packs
-    per call)."""
+    per call; batch_major: run on time-major copies)."""
+    if batch_major:
+        x, z_ws, y = as_time_major(x, z_ws, y_out, gates_out)
+        _gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
+                     z_ws, hz_ws, y, hT_out, gates_out)
+        y_out.transpose(1, 0, 2)[...] = y
+        return
     _gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
                  z_ws, hz_ws, y_out, hT_out, gates_out)
 

@@ -27,16 +27,19 @@ kernel adds b_x. The backward then leaves dx_out, dw_x_out empty; dz_ws is d los
 """
 import numpy as np
 
-from .lstm_ref import _act, _dact, _steps
+from .lstm_ref import _act, _dact, _steps, time_major_views
 
 
 def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
-                z_ws, hz_ws, y_out, hT_out, gates_out):
+                z_ws, hz_ws, y_out, hT_out, gates_out, batch_major=False):
     """GRU over T steps. Every backend implements exactly this contract.
     IN   x (T, B, I)  w_x (I, 3H)  w_h (H, 3H)  b_x, b_h (3H,)  h0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws, hz_ws (T, B, 3H): on return, as the module docstring says
     OUT  y_out (T, B, H)  hT_out (B, H);  gates_out (T, B, 3H) activated z, r, n when training, else (0, 0, 0)
+    batch_major: x (B, T, I), z_ws (B, T, 3H) and y_out (B, T, H) instead (inference only; hz_ws and mask stay
+    time-major)
     """
+    x, z_ws, y_out = time_major_views(batch_major, gates_out, x, z_ws, y_out)
     T, B, _ = x.shape
     H = w_h.shape[0]
     training = gates_out.shape[0] > 0

@@ -366,11 +366,17 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
                         const int* codes, const double* ab, floating clip, bint input_forget, bint reverse,
                         floating* z_ws, floating* y, floating* hT, floating* cT, floating* gates_out,
                         floating* cs_out, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        const float* wh_kept, const float* wx_kept) noexcept nogil:
+                        const float* wh_kept, const float* wx_kept, bint batch_major) noexcept nogil:
     """wh_kept, wx_kept: w_h and w_x packed as this call would pack them (by units when _unit_steps applies, else
     pack_weights' layout for B rows, and for T*B rows past GEMV_MAX_ROWS), copies a WeightPacks keeps (see
-    lstm_forward); or NULL: packed here when that pays, and freed on return."""
+    lstm_forward); or NULL: packed here when that pays, and freed on return. batch_major: x, z_ws and y are
+    (B, T, .) instead of (T, B, .) (inference only): the steps read and write their rows with a stride."""
     cdef Py_ssize_t G = 4 * H, r, k, t, bi
+    # element strides between steps (s*t) and between the batch rows of one step (s*b)
+    cdef Py_ssize_t sxt = I if batch_major else B * I, sxb = T * I if batch_major else I
+    cdef Py_ssize_t szt = G if batch_major else B * G, szb = T * G if batch_major else G
+    cdef Py_ssize_t syt = H if batch_major else B * H, syb = T * H if batch_major else H
+    cdef Py_ssize_t ldh = H             # row stride of h_prev: h0, then y's
     cdef bint training = gates_out != NULL, valid
     cdef bint fast = _default_gates(codes, p != NULL, clip, input_forget)
     cdef const floating *h_prev = h0
@@ -412,10 +418,13 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
+    # per-step input product: z_ws[t] goes into one (B, 4H) slot, reused every step (it stays in cache)
+    cdef bint one_slot = step_input and not training
+    cdef Py_ssize_t zr = G if one_slot else szb
     for k in range(T):
         t = _step(k, T, reverse)
-        zt = z_ws + t * B * G
-        yt = y + t * B * H
+        zt = z_ws if one_slot else z_ws + t * szt
+        yt = y + t * syt
         if training:
             ct = cs_out + t * B * H
             gt = gates_out + t * B * G
@@ -432,23 +441,25 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
                 continue
         if step_input:
             # z_ws[t] = b + x_t @ w_x
-            matmul_bias(<int>B, <int>G, <int>I, x + t * B * I, <int>I, w_x, <int>G, False, wx_packed, b, zt, <int>G)
+            matmul_bias(<int>B, <int>G, <int>I, x + t * sxt, <int>sxb, w_x, <int>G, False, wx_packed, b, zt, <int>zr)
         # z_ws[t] += h_prev @ w_h
-        matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>H, w_h, <int>G, False, w_packed, zt, <int>G)
+        matmul_acc(<int>B, <int>G, <int>H, h_prev, <int>ldh, w_h, <int>G, False, w_packed, zt, <int>zr)
         for bi in range(B):
             valid = mask == NULL or mask[t * B + bi] != 0
             if fast and valid:
-                _fwd_row_fast(zt + bi * G, c_prev + bi * H, ct + bi * H, yt + bi * H,
+                _fwd_row_fast(zt + bi * zr, c_prev + bi * H, ct + bi * H, yt + bi * syb,
                               gt + bi * G if training else NULL, H)
             elif not valid and not training:
                 # a masked row keeps its state (c is already in place)
-                _copy(yt + bi * H, h_prev + bi * H, H)
+                _copy(yt + bi * syb, h_prev + bi * ldh, H)
             else:
-                _fwd_row_general(zt + bi * G, c_prev + bi * H, h_prev + bi * H, ct + bi * H, yt + bi * H,
+                _fwd_row_general(zt + bi * zr, c_prev + bi * H, h_prev + bi * ldh, ct + bi * H, yt + bi * syb,
                                  gt + bi * G if training else NULL, p, valid, codes, ab, clip, input_forget, H)
         h_prev = yt
+        ldh = syb
         c_prev = ct
-    _copy(hT, h_prev, B * H)
+    for bi in range(B):
+        _copy(hT + bi * H, h_prev + bi * ldh, H)
     if training:
         _copy(cT, c_prev, B * H)
     fl_free(w_own)
@@ -461,16 +472,20 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
                  const double[:, ::1] act_ab, double clip, bint input_forget, bint reverse,
                  floating[:, :, ::1] z_ws, floating[:, :, ::1] y_out, floating[:, ::1] hT_out,
                  floating[:, ::1] cT_out, floating[:, :, ::1] gates_out, floating[:, :, ::1] cs_out,
-                 WeightPacks packs=None):
+                 WeightPacks packs=None, bint batch_major=False):
     """LSTM over T steps. Same contract as lstm_ref.lstm_forward.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H)
     OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) | (0, 0, 0)
     packs: a _blas.WeightPacks that keeps the packed w_h and w_x across calls with these same weight arrays
     (their values unchanged), or None: packed per call
+    batch_major: x (B, T, I), z_ws (B, T, 4H) and y_out (B, T, H) instead (inference only)
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_h.shape[0]
+    cdef Py_ssize_t T = x.shape[1 if batch_major else 0], B = x.shape[0 if batch_major else 1]
+    cdef Py_ssize_t I = x.shape[2], H = w_h.shape[0]
     cdef bint training = gates_out.shape[0] > 0
+    if batch_major and training:
+        raise ValueError("batch_major is for inference only: the training arrays and the backward are time-major")
     cdef const floating *p_ptr = &p[0, 0] if p.shape[0] > 0 else NULL
     cdef const unsigned char *m_ptr = &mask[0, 0] if mask.shape[0] > 0 else NULL
     cdef floating *g_ptr = &gates_out[0, 0, 0] if training else NULL
@@ -490,7 +505,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
     with nogil:
         _lstm_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b[0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr,
                       &act_codes[0], &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0],
-                      &y_out[0, 0, 0], &hT_out[0, 0], &cT_out[0, 0], g_ptr, cs_ptr, T, B, I, H, wh_kept, wx_kept)
+                      &y_out[0, 0, 0], &hT_out[0, 0], &cT_out[0, 0], g_ptr, cs_ptr, T, B, I, H, wh_kept, wx_kept,
+                      batch_major)
 
 
 # ---------------------------------------------------------------------------------------------------------

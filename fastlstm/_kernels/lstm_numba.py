@@ -16,9 +16,10 @@ import numpy as np
 from numba import njit
 
 from ..config import NUMBA_FLAGS
-from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, cast_like,
-                            clip_grad_row, dact_row, input_matmul, input_on_panels, lstm_gates_general, no_panels,
-                            pack_for_steps, sigmoid_gate, step_buffer, step_input_buffer, step_matmul, tanh, use_packed)
+from ._numba_common import (ONE, act_row, add_column_sums, add_hprev_outer, add_outer_product, as_time_major,
+                            cast_like, clip_grad_row, dact_row, input_matmul, input_on_panels, lstm_gates_general,
+                            no_panels, pack_for_steps, sigmoid_gate, step_buffer, step_input_buffer, step_matmul,
+                            tanh, use_packed)
 from .acts import SIGMOID, TANH
 
 
@@ -76,13 +77,20 @@ def _cell_row_backward(dh, dy, gi, gf, gg, go, c, c_prev, dc, dzi, dzf, dzg, dzo
 
 
 def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
-                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out, packs=None):
+                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out, packs=None, batch_major=False):
     """Same contract as lstm_ref.lstm_forward.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H)
     OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) | (0, 0, 0)
     packs: a KeptPanels that keeps the packed w_h across calls with this same w_h (values unchanged), or None
+    batch_major: x, z_ws, y_out (B, T, .) instead (inference only): run on time-major copies
     """
+    if batch_major:
+        x, z_ws, y = as_time_major(x, z_ws, y_out, gates_out)
+        lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
+                     z_ws, y, hT_out, cT_out, gates_out, cs_out, packs)
+        y_out.transpose(1, 0, 2)[...] = y
+        return
     T, B, I = x.shape
     kept_h = kept_x = no_panels(z_ws)
     if packs is not None:

@@ -50,14 +50,26 @@ def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
+def time_major_views(batch_major, gates_out, *arrays):
+    """The (T, B, .) views of a batch_major call's (B, T, .) arrays (the arrays themselves otherwise)."""
+    if not batch_major:
+        return arrays
+    if gates_out.shape[0] > 0:
+        raise ValueError("batch_major is for inference only: the training arrays and the backward are time-major")
+    return tuple(a.transpose(1, 0, 2) for a in arrays)
+
+
 def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
-                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out):
+                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out, batch_major=False):
     """LSTM over T steps. Every backend implements exactly this contract.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H): on return from training, the final pre-activations of every valid step
     OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) when training,
          else shape (0, 0, 0)
+    batch_major: x (B, T, I), z_ws (B, T, 4H) and y_out (B, T, H) instead, as a batch-first caller holds them
+    (inference only; mask stays (T, B))
     """
+    x, z_ws, y_out = time_major_views(batch_major, gates_out, x, z_ws, y_out)
     T, B, _ = x.shape
     H = w_h.shape[0]
     training = gates_out.shape[0] > 0

@@ -1,7 +1,8 @@
 """Recurrent layers with Keras 3 semantics: LSTM, GRU, SimpleRNN, Bidirectional.
 
-Public tensors are batch-first (batch, timesteps, features); the kernels are time-major, so a layer transposes
-once on the way in and once on the way out. Masking follows Keras (formats.md section 4): a masked step keeps
+Public tensors are batch-first (batch, timesteps, features); the kernels are time-major. In inference the layers
+hand the kernels the batch-first arrays themselves (batch_major: the steps read and write rows with a stride, no
+transposed copies); training transposes once on the way in and once on the way out. Masking follows Keras (formats.md section 4): a masked step keeps
 the state; a masked step's sequence output repeats the previous output (zeros before the first valid step),
 or is zero when zero_output_for_mask is set (Bidirectional with return_sequences sets it).
 """
@@ -10,7 +11,7 @@ import copy
 import numpy as np
 
 from .. import activations, initializers
-from .._kernels import acts as kacts, packs_kw
+from .._kernels import acts as kacts, batch_first, packs_kw
 from ..backend import get_backend
 from .base import Layer, float_dtype
 from .core import TokenRows, TokenRowsGrad
@@ -254,7 +255,7 @@ class RNN(Layer):
         if projected is None:
             B, T, _ = x.shape
             dtype = float_dtype(x)
-            x_tm, z = np.ascontiguousarray(np.swapaxes(x, 0, 1), dtype=dtype), None
+            x_tm, z = np.swapaxes(np.ascontiguousarray(x, dtype=dtype), 0, 1), None    # (a view)
         else:
             z = projected[0]
             T, B, _ = z.shape
@@ -466,22 +467,26 @@ class LSTM(RNN):
         return dict(w_x=w_x, w_h=w_h, b=b, p=np.zeros((0, H), dtype), act_codes=codes, act_ab=ab)
 
     def _kernel_forward(self, x_tm, states0, m, dtype, ws=None, z_ws=None):
-        """z_ws: the projected input (then x_tm is (T, B, 0)), else None."""
+        """z_ws: the projected input (then x_tm is (T, B, 0)), else None. Returns y (T, B, H) (a view of a
+        batch-first array when x_tm is one) and the final states."""
         T, B, _ = x_tm.shape
         H = self.units
         p = self._params(dtype)
         hT, cT = np.empty((B, H), dtype), np.empty((B, H), dtype)
+        x = batch_first(x_tm) if ws is None and z_ws is None else None
         if ws is None:
+            lead = (T, B) if x is None else (B, T)
             none3 = np.empty((0, 0, 0), dtype)
-            y, gates, cs = np.empty((T, B, H), dtype), none3, none3
-            z_ws = np.empty((T, B, 4 * H), dtype) if z_ws is None else z_ws
+            y, gates, cs = np.empty(lead + (H,), dtype), none3, none3
+            z_ws = np.empty(lead + (4 * H,), dtype) if z_ws is None else z_ws
         else:
             y, z_ws, gates, cs = ws["y"], ws["z"], ws["gates"], ws["cs"]
         w_x = p["w_x"] if x_tm.shape[2] else p["w_x"][:0]
         kern = get_backend()
-        kern.lstm_forward(x_tm, w_x, p["w_h"], p["b"], p["p"], states0[0], states0[1], m, p["act_codes"],
-                          p["act_ab"], 0.0, False, self.go_backwards, z_ws, y, hT, cT, gates, cs, **packs_kw(kern, p))
-        return y, [hT, cT]
+        kern.lstm_forward(x_tm if x is None else x, w_x, p["w_h"], p["b"], p["p"], states0[0], states0[1], m,
+                          p["act_codes"], p["act_ab"], 0.0, False, self.go_backwards, z_ws, y, hT, cT, gates, cs,
+                          batch_major=x is not None, **packs_kw(kern, p))
+        return (y if x is None else y.transpose(1, 0, 2)), [hT, cT]
 
     def _kernel_backward(self, ctx, dy, dfinal):
         x_tm, ws, dtype = ctx["x_tm"], ctx["ws"], ctx["dtype"]
@@ -558,22 +563,26 @@ class GRU(RNN):
                     b_x=b_x, b_h=b_h, act_codes=codes, act_ab=ab)
 
     def _kernel_forward(self, x_tm, states0, m, dtype, ws=None, z_ws=None):
-        """z_ws: the projected input (then x_tm is (T, B, 0)), else None."""
+        """z_ws: the projected input (then x_tm is (T, B, 0)), else None. Returns y (T, B, H) (a view of a
+        batch-first array when x_tm is one) and the final state."""
         T, B, _ = x_tm.shape
         H = self.units
         p = self._params(dtype)
         hT = np.empty((B, H), dtype)
+        x = batch_first(x_tm) if ws is None and z_ws is None else None
         if ws is None:
-            y, hz_ws = np.empty((T, B, H), dtype), np.empty((T, B, 3 * H), dtype)
-            z_ws = np.empty((T, B, 3 * H), dtype) if z_ws is None else z_ws
+            lead = (T, B) if x is None else (B, T)
+            y, hz_ws = np.empty(lead + (H,), dtype), np.empty((T, B, 3 * H), dtype)
+            z_ws = np.empty(lead + (3 * H,), dtype) if z_ws is None else z_ws
             gates = np.empty((0, 0, 0), dtype)
         else:
             y, z_ws, hz_ws, gates = ws["y"], ws["z"], ws["z2"], ws["gates"]
         w_x = p["w_x"] if x_tm.shape[2] else p["w_x"][:0]
         kern = get_backend()
-        kern.gru_forward(x_tm, w_x, p["w_h"], p["b_x"], p["b_h"], states0[0], m, p["act_codes"], p["act_ab"], 0.0,
-                         self.reset_after, self.go_backwards, z_ws, hz_ws, y, hT, gates, **packs_kw(kern, p))
-        return y, [hT]
+        kern.gru_forward(x_tm if x is None else x, w_x, p["w_h"], p["b_x"], p["b_h"], states0[0], m, p["act_codes"],
+                         p["act_ab"], 0.0, self.reset_after, self.go_backwards, z_ws, hz_ws, y, hT, gates,
+                         batch_major=x is not None, **packs_kw(kern, p))
+        return (y if x is None else y.transpose(1, 0, 2)), [hT]
 
     def _kernel_backward(self, ctx, dy, dfinal):
         x_tm, ws, dtype = ctx["x_tm"], ctx["ws"], ctx["dtype"]

@@ -544,7 +544,8 @@ class OnnxModel(Model):
         token = onnx_rnn.begin_run()              # RNN outputs in reused arrays, given back below
         try:
             outs = plan.run(self.input_names, xs)
-            return [np.array(o) if keep or o.base is not None or not o.flags.writeable else o
+            return [np.array(o) if keep or not o.flags.writeable
+                    or (o.base is not None and not onnx_rnn.hand_over(o, outs)) else o
                     for o, keep in zip(outs, plan.copy_always)]
         except _StepError as e:
             raise ValueError(f"model {self.name!r}: {e}") from e.__cause__

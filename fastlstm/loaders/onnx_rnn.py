@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from .._kernels import acts, packs_kw
+from .._kernels import acts, batch_first, packs_kw
 from ..backend import get_backend
 from .onnx_ops import op
 
@@ -123,7 +123,8 @@ def convert_gru(W, R, B, H, dtype):
 _NO_MASK = np.zeros((0, 0), np.uint8)      # the kernels' "every step valid" (read only by them)
 # While OnnxModel.predict runs the graph (begin_run .. end_run, per thread), the RNN outputs Y come from the
 # nodes' work arrays too and go back when the run ends: predict hands the caller copies of its outputs (every Y
-# reaches an output as a view: Y = y[:, None], then Squeeze / Transpose / Slice), so nothing outlives the run.
+# reaches an output as a view: Y = y[:, None], then Squeeze / Transpose / Slice), or, when an output is the whole
+# of one such array (hand_over), that array itself, taken out of the run's collection; nothing outlives the run.
 _RUN = threading.local()
 
 
@@ -132,6 +133,23 @@ def begin_run():
     saved = getattr(_RUN, "pending", None)
     _RUN.pending = []
     return saved
+
+
+def hand_over(a, outputs):
+    """True when output `a` is the whole of a work array collected in this run (a batch-first Y, through views
+    that end C-contiguous) that no other output shares: it leaves the collection and goes to the caller as it
+    is, without the copy (the node allocates a new one next time)."""
+    pending = getattr(_RUN, "pending", None)
+    base = a.base
+    if pending is None or base is None or not a.flags.c_contiguous or a.nbytes != base.nbytes:
+        return False
+    if sum(o is not a and (o is base or getattr(o, "base", None) is base) for o in outputs):
+        return False
+    for k, (_, w) in enumerate(pending):
+        if (w.base if w.base is not None else w) is base:
+            del pending[k]
+            return True
+    return False
 
 
 def end_run(token):
@@ -244,9 +262,9 @@ class _RnnNode:
             prm = self.params(dt, ws)
         if prm[0]["w_x"].shape[0] != I:
             raise ValueError(f"X has input_size {I}, W expects {prm[0]['w_x'].shape[0]}")
-        if X.dtype == dt and X.flags.c_contiguous:
-            x = X
-        else:                               # time-major copy of a transposed view (batch-first graphs)
+        if X.dtype == dt and (X.flags.c_contiguous or batch_first(X) is not None):
+            x = X                           # (the transposed view of a batch-first input: the kernels take it)
+        else:                               # a time-major copy
             x = self._scratch(X.shape, dt)
             np.copyto(x, X)
         lens, mask = lengths_mask(seq, T, N)
@@ -342,16 +360,18 @@ class LstmNode(_RnnNode):
     def run_direction(self, x, p, states, mask, d, dt):
         T, N, _ = x.shape
         H = self.H
-        y = self._output((T, N, H), dt)
+        xb = batch_first(x)                 # a batch-first input runs as it is (batch_major), Y then a view
+        lead = (T, N) if xb is None else (N, T)
+        y = self._output(lead + (H,), dt)
         hT, cT = np.empty((N, H), dt), np.empty((N, H), dt)
         codes, ab = self.acts[d]
-        z = self._scratch((T, N, 4 * H), dt)
+        z = self._scratch(lead + (4 * H,), dt)
         kern = get_backend()
-        kern.lstm_forward(x, p["w_x"], p["w_h"], p["b"], p["p"], states[0], states[1], mask, codes, ab, self.clip,
-                          self.input_forget, self.reverse or d == 1, z, y, hT, cT, _none3(dt), _none3(dt),
-                          **packs_kw(kern, p))
+        kern.lstm_forward(x if xb is None else xb, p["w_x"], p["w_h"], p["b"], p["p"], states[0], states[1], mask,
+                          codes, ab, self.clip, self.input_forget, self.reverse or d == 1, z, y, hT, cT, _none3(dt),
+                          _none3(dt), batch_major=xb is not None, **packs_kw(kern, p))
         self._give_back(z)
-        return y, [hT, cT]
+        return (y if xb is None else y.transpose(1, 0, 2)), [hT, cT]
 
 
 class GruNode(_RnnNode):
@@ -369,16 +389,18 @@ class GruNode(_RnnNode):
     def run_direction(self, x, p, states, mask, d, dt):
         T, N, _ = x.shape
         H = self.H
-        y = self._output((T, N, H), dt)
+        xb = batch_first(x)                 # as LstmNode.run_direction
+        lead = (T, N) if xb is None else (N, T)
+        y = self._output(lead + (H,), dt)
         hT = np.empty((N, H), dt)
         codes, ab = self.acts[d]
-        zx, zh = self._scratch((T, N, 3 * H), dt), self._scratch((T, N, 3 * H), dt)
+        zx, zh = self._scratch(lead + (3 * H,), dt), self._scratch((T, N, 3 * H), dt)
         kern = get_backend()
-        kern.gru_forward(x, p["w_x"], p["w_h"], p["b_x"], p["b_h"], states[0], mask, codes, ab, self.clip,
-                         self.linear_before_reset, self.reverse or d == 1, zx, zh, y, hT, _none3(dt),
-                         **packs_kw(kern, p))
+        kern.gru_forward(x if xb is None else xb, p["w_x"], p["w_h"], p["b_x"], p["b_h"], states[0], mask, codes, ab,
+                         self.clip, self.linear_before_reset, self.reverse or d == 1, zx, zh, y, hT, _none3(dt),
+                         batch_major=xb is not None, **packs_kw(kern, p))
         self._give_back(zx, zh)
-        return y, [hT]
+        return (y if xb is None else y.transpose(1, 0, 2)), [hT]
 
 
 class RnnNode(_RnnNode):
