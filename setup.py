@@ -39,6 +39,10 @@ class OptionalBuildExt(build_ext):
 #   activation path follows acts.py operation by operation); the exp kernel uses explicit fmaf where it wants one.
 ARCH_FLAGS = os.environ.get("FASTLSTM_ARCH_FLAGS", "-march=native").split()
 COMPILE_ARGS = ["-O3", *ARCH_FLAGS, "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+# -fopenmp (lstm_cy): the batch-1 LSTM steps on several threads (fl_lstm_units_forward); FASTLSTM_OPENMP=0 builds
+#   without (one thread).
+OPENMP_FLAGS = ["-fopenmp"] if os.environ.get("FASTLSTM_OPENMP", "1") != "0" else []
+THREADED = {"lstm_cy"}
 
 extensions = [
     Extension(
@@ -46,7 +50,8 @@ extensions = [
         [f"fastlstm/_kernels/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=COMPILE_ARGS,
+        extra_compile_args=COMPILE_ARGS + (OPENMP_FLAGS if name in THREADED else []),
+        extra_link_args=OPENMP_FLAGS if name in THREADED else [],
     )
     for name in KERNELS
 ]

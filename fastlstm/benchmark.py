@@ -35,7 +35,7 @@ from collections import OrderedDict
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from ._kernels import get_backend, packs_kw
+from ._kernels import get_backend, kernel_kw
 from ._kernels.args import copy_args, gru_args, gru_backward_args, lstm_args, lstm_backward_args
 
 NORM_TOL = 1e-4          # relative Frobenius error of float32 results against the float64 reference
@@ -165,16 +165,18 @@ def backward_args(cell, fwd, **given):
 class KernelRun:
     """One backend on one workload: preallocated arguments, `run()` = forward (+ backward when training)."""
 
-    def __init__(self, backend, cell, args, training):
+    def __init__(self, backend, cell, args, training, threads=1):
         self.k = get_backend(backend)
         self.cell, self.training = cell, training
         self.fwd = copy_args(args)
         self._forward = getattr(self.k, f"{cell}_forward")
         self._backward = getattr(self.k, f"{cell}_backward")
         self._fvals = list(self.fwd.values())
-        # weights fixed for the run: the kernels keep their packed copies across calls (packs_kw), as a loaded
-        # model does (onnxruntime likewise packs its weights once per session)
-        self._fkw = packs_kw(self.k, {})
+        # weights fixed for the run: the kernels keep their packed copies across calls (kernel_kw), as a loaded
+        # model does (onnxruntime likewise packs its weights once per session); `threads` for the kernel call
+        self._fkw = kernel_kw(self.k, {})
+        if "threads" in self._fkw:
+            self._fkw["threads"] = threads
         self.bwd = None
         if training:
             self._forward(*self._fvals, **self._fkw)
@@ -211,7 +213,9 @@ _ROWS_AXIS0 = {"h0", "c0", "hT_out", "cT_out"}                  # (B, H)
 class RowSplitRun:
     """An inference workload on `threads` threads the way fastlstm runs one: model.predict splits the batch rows
     into one slice per thread (model.PREDICT_MIN_ROWS_PER_THREAD rows at least), each slice a single-threaded
-    kernel call (the kernels release the GIL; BLAS stays at 1 thread). Outputs are gathered for verification."""
+    kernel call (the kernels release the GIL; BLAS stays at 1 thread); a batch too small to split is one kernel
+    call on `threads` threads (the batch-1 LSTM steps share each step's units). Outputs are gathered for
+    verification."""
 
     def __init__(self, backend, cell, args, threads):
         from concurrent.futures import ThreadPoolExecutor
@@ -230,7 +234,7 @@ class RowSplitRun:
                 elif name in _ROWS_AXIS0:
                     v = np.ascontiguousarray(v[r0:r1])
                 sl[name] = v
-            self.parts.append(KernelRun(backend, cell, sl, False))
+            self.parts.append(KernelRun(backend, cell, sl, False, threads if k == 1 else 1))
         self.pool = ThreadPoolExecutor(max_workers=k) if k > 1 else None
 
     def run(self):

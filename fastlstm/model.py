@@ -38,7 +38,8 @@ def _predict_pool(n):
             from concurrent.futures import ThreadPoolExecutor
             if _pool["pool"] is not None:
                 _pool["pool"].shutdown(wait=False)
-            _pool.update(n=n, pool=ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastlstm-predict"))
+            _pool.update(n=n, pool=ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastlstm-predict",
+                                                      initializer=config.one_kernel_thread))
         return _pool["pool"]
 from .layers.core import InputLayer
 

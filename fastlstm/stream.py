@@ -23,7 +23,7 @@ zeros with zero_output_for_mask). Bidirectional and go_backwards layers need the
 """
 import numpy as np
 
-from ._kernels import packs_kw
+from ._kernels import kernel_kw
 from .backend import get_backend
 from .layers.recurrent import GRU, LSTM, RNN, Bidirectional
 
@@ -118,10 +118,10 @@ class _RecurrentStep:
         kern = get_backend()
         if self.kind == "lstm":
             kern.lstm_forward(x_tm, p["w_x"], p["w_h"], p["b"], p["p"], s[0], s[1], m, p["act_codes"], p["act_ab"],
-                              0.0, False, False, z_ws, y, out[0], out[1], self.none3, self.none3, **packs_kw(kern, p))
+                              0.0, False, False, z_ws, y, out[0], out[1], self.none3, self.none3, **kernel_kw(kern, p))
         elif self.kind == "gru":
             kern.gru_forward(x_tm, p["w_x"], p["w_h"], p["b_x"], p["b_h"], s[0], m, p["act_codes"], p["act_ab"], 0.0,
-                             self.layer.reset_after, False, z_ws, hz_ws, y, out[0], self.none3, **packs_kw(kern, p))
+                             self.layer.reset_after, False, z_ws, hz_ws, y, out[0], self.none3, **kernel_kw(kern, p))
         else:
             y_new, final = self.layer._kernel_forward(x_tm, s, m, self.dtype)
             y = y_new

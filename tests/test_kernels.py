@@ -341,6 +341,37 @@ def test_batch_major_refuses_training(backend, cell):
         (k.lstm_forward if cell == "lstm" else k.gru_forward)(*_batch_major(args).values(), batch_major=True)
 
 
+@pytest.mark.parametrize("H", [96, 100, 128, 200])
+@pytest.mark.parametrize("T, I", [(8, 5), (9, 0), (30, 64)], ids=["T8", "projected", "T30"])
+@pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_lstm_batch1_steps_on_threads_equal_one_thread(H, T, I, opts, threads):
+    """threads > 1: a batch-1 float32 inference (T >= 8, default activations, H >= 96) runs its steps on several
+    threads (lstm_cy.fl_lstm_units_forward: row shares of the input product, panel shares of each step, a barrier
+    between steps), more threads than panels included (16 > ceil(96 / 16)). Bit-identical to one thread, with
+    weights packed per call and kept (WeightPacks), and equal to the reference."""
+    if "cython" not in BACKENDS:
+        pytest.skip("the Cython extension is not built")
+    k = get_backend("cython")
+    from fastlstm._kernels import _blas
+    args = lstm_args(T, 1, max(I, 1), H, np.float32, np.random.default_rng(H + T), **opts)
+    for name in ("x", "h0", "c0"):
+        args[name] *= 3
+    if I == 0:
+        args = _projected(args, "lstm")
+    one = copy_args(args)
+    k.lstm_forward(*one.values(), threads=1)
+    for packs in (None, _blas.WeightPacks(), "again"):
+        many = copy_args(args)
+        kept = kept if packs == "again" else packs
+        k.lstm_forward(*many.values(), packs=kept, threads=threads)
+        for name in ("y_out", "hT_out", "cT_out"):
+            np.testing.assert_array_equal(many[name], one[name], err_msg=name)
+    ref = copy_args(args)
+    lstm_ref.lstm_forward(*ref.values())
+    np.testing.assert_allclose(one["y_out"], ref["y_out"], **TOL[np.float32])
+
+
 @pytest.mark.parametrize("H", [1, 5, 16, 17, 66, 128])
 @pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
 def test_lstm_batch1_unit_steps_equal_the_general_steps(H, opts):

@@ -51,6 +51,33 @@ def test_predict_batch_size_splits_and_threads_agree(rng, threads):
         m.predict(x, batch_size=0)
 
 
+def test_kernel_threads_one_request_uses_all_a_split_batch_one_each(rng, threads, monkeypatch):
+    """The kernels get config.NUM_THREADS threads when predict runs the whole batch in the calling thread (one
+    request: the batch-1 LSTM steps share each step across threads), and one each in predict's workers when the
+    rows are split across them (no nested threads). The outputs agree."""
+    from fastlstm.backend import get_backend
+    kern = get_backend()
+    real, seen = kern.lstm_forward, []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("threads"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kern, "lstm_forward", recording)
+    m = fastlstm.Sequential([fastlstm.Input((None, 4)), L.LSTM(128), L.Dense(2)])
+    x = rng.normal(size=(32, 20, 4)).astype(np.float32)
+    config.NUM_THREADS = 1
+    one = m.predict(x[:1])
+    rows = m.predict(x)
+    config.NUM_THREADS = 2
+    seen.clear()
+    npt.assert_array_equal(m.predict(x[:1]), one)
+    assert seen == ([2] if kern.name != "reference" else [None])
+    seen.clear()
+    npt.assert_allclose(m.predict(x), rows, **TOL32)
+    assert len(seen) == 2 and set(seen) == ({1} if kern.name != "reference" else {None})
+
+
 def test_int_and_float_inputs(rng):
     m = fastlstm.Sequential([fastlstm.Input((None, 3)), L.GRU(4)])
     xi = rng.integers(-2, 3, size=(2, 5, 3))

@@ -1,10 +1,10 @@
-"""Packed weights kept across calls (_blas.WeightPacks via _kernels.packs_kw): the same numbers as packing per
+"""Packed weights kept across calls (_blas.WeightPacks via _kernels.kernel_kw): the same numbers as packing per
 call, one packed copy per weight matrix and layout, and a layer whose weights change packs again."""
 import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm._kernels import get_backend, gru_ref, lstm_ref, packs_kw
+from fastlstm._kernels import get_backend, gru_ref, lstm_ref, kernel_kw
 from fastlstm._kernels.args import copy_args, gru_args, lstm_args
 
 from conftest import BACKENDS, PACKED
@@ -31,7 +31,7 @@ def test_kept_packs_give_the_per_call_results(cell, shape, opts):
     forward(*plain.values())
     holder = {}
     for _ in range(3):          # the first call packs, the later ones reuse
-        forward(*kept.values(), **packs_kw(k, holder))
+        forward(*kept.values(), **kernel_kw(k, holder))
         for n in outs:
             np.testing.assert_array_equal(kept[n], plain[n], err_msg=n)
     T, B = shape[:2]
@@ -51,8 +51,8 @@ def test_other_weight_arrays_get_their_own_packs():
     holder = {}
     a = lstm_args(20, 1, 6, 8, np.float32, np.random.default_rng(0))
     b = lstm_args(20, 1, 6, 8, np.float32, np.random.default_rng(1))
-    k.lstm_forward(*a.values(), **packs_kw(k, holder))
-    k.lstm_forward(*b.values(), **packs_kw(k, holder))
+    k.lstm_forward(*a.values(), **kernel_kw(k, holder))
+    k.lstm_forward(*b.values(), **kernel_kw(k, holder))
     assert len(holder[("packs", "cython")]) == (4 if PACKED else 0)
     ref = copy_args(b)
     lstm_ref.lstm_forward(*ref.values())
@@ -60,7 +60,7 @@ def test_other_weight_arrays_get_their_own_packs():
 
 
 def test_reference_gets_no_packs():
-    assert packs_kw(get_backend("reference"), {}) == {}
+    assert kernel_kw(get_backend("reference"), {}) == {}
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
@@ -72,13 +72,13 @@ def test_numba_kept_panels_give_the_per_call_results(shape):
     k.lstm_forward(*plain.values())
     holder = {}
     for _ in range(2):       # (the input product on kept panels sums in another order than np.dot)
-        k.lstm_forward(*kept.values(), **packs_kw(k, holder))
+        k.lstm_forward(*kept.values(), **kernel_kw(k, holder))
         np.testing.assert_allclose(kept["y_out"], plain["y_out"], rtol=1e-5, atol=1e-6)
     assert len(holder[("packs", "numba")]) == 2        # w_h for the steps, w_x for the input product
     g = gru_args(*shape, np.float32, np.random.default_rng(6))
     g_plain, g_kept = copy_args(g), copy_args(g)
     k.gru_forward(*g_plain.values())
-    k.gru_forward(*g_kept.values(), **packs_kw(k, holder))
+    k.gru_forward(*g_kept.values(), **kernel_kw(k, holder))
     np.testing.assert_array_equal(g_kept["y_out"], g_plain["y_out"])
 
 

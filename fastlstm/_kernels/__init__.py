@@ -5,13 +5,15 @@
 
 `get_backend(name)` returns a namespace with those four (cython and numba also have LSTMStepper, GRUStepper and
 Packed64, batch-1 streaming steps over packed weights, and WeightPacks, packed weights kept across forward calls
-(packs_kw); cython also ChainStepper, compiled batch-1 chain steps). "auto" picks cython
+(kernel_kw); cython also ChainStepper, compiled batch-1 chain steps). "auto" picks cython
 when the extension is built, else numba; a backend asked for by name that is not available raises ImportError.
 """
 import importlib
 import importlib.util
 import os
 import types
+
+from .. import config
 
 NAMES = ("reference", "numba", "cython")
 _MODULES = {
@@ -83,11 +85,11 @@ def get_backend(name="auto"):
     return _cache[name]
 
 
-def packs_kw(kernels, holder):
+def kernel_kw(kernels, holder):
     """Keyword arguments for kernels.lstm_forward / gru_forward: {"packs": the backend's kept packed weights (Cython:
-    _blas.WeightPacks; Numba: _numba_common.KeptPanels), kept in `holder`}, or {} for the reference. `holder` is a
-    dict the caller drops whenever its weights change (a layer's cast weights), since the packed copies are made
-    once from the arrays it passes."""
+    _blas.WeightPacks; Numba: _numba_common.KeptPanels), kept in `holder`, "threads": config.kernel_threads()}, or
+    {} for the reference. `holder` is a dict the caller drops whenever its weights change (a layer's cast weights),
+    since the packed copies are made once from the arrays it passes."""
     make = getattr(kernels, "WeightPacks", None)
     if make is None:
         return {}
@@ -95,7 +97,7 @@ def packs_kw(kernels, holder):
     packs = holder.get(key)
     if packs is None:
         packs = holder[key] = make()
-    return {"packs": packs}
+    return {"packs": packs, "threads": config.kernel_threads()}
 
 
 def cython_built():

@@ -562,7 +562,7 @@ def pack_for_steps(w, transpose, packed):
 
 class KeptPanels:
     """Recurrent weights packed by pack_for_steps, kept across kernel calls for a caller whose weights do not
-    change between calls (the Numba twin of the Cython backend's WeightPacks; see fastlstm._kernels.packs_kw).
+    change between calls (the Numba twin of the Cython backend's WeightPacks; see fastlstm._kernels.kernel_kw).
     Keyed by the array's identity, layout and dtype: the caller keeps the array alive and unchanged."""
 
     def __init__(self):

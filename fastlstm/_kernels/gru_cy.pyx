@@ -253,7 +253,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const f
                 const unsigned char[:, ::1] mask, const int[::1] act_codes, const double[:, ::1] act_ab,
                 double clip, bint reset_after, bint reverse, floating[:, :, ::1] z_ws, floating[:, :, ::1] hz_ws,
                 floating[:, :, ::1] y_out, floating[:, ::1] hT_out, floating[:, :, ::1] gates_out,
-                WeightPacks packs=None, bint batch_major=False):
+                WeightPacks packs=None, bint batch_major=False, int threads=1):
     """GRU over T steps. Same contract as gru_ref.gru_forward.
     IN   x (T, B, I)  w_x (I, 3H)  w_h (H, 3H)  b_x, b_h (3H,)  h0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws, hz_ws (T, B, 3H)
@@ -261,6 +261,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const f
     packs: a _blas.WeightPacks that keeps the packed w_h and w_x across calls with these same weight arrays
     (their values unchanged), or None: packed per call
     batch_major: x (B, T, I), z_ws (B, T, 3H) and y_out (B, T, H) instead (inference only)
+    threads: accepted for the common call (kernel_kw); the GRU steps run on one thread
     """
     cdef Py_ssize_t T = x.shape[1 if batch_major else 0], B = x.shape[0 if batch_major else 1]
     cdef Py_ssize_t I = x.shape[2], H = w_h.shape[0], G = 3 * H

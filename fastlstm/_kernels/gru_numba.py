@@ -47,9 +47,9 @@ def _recurrent_blocks(w_h, reset_after, transpose, packed, B):
 
 
 def gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,
-                z_ws, hz_ws, y_out, hT_out, gates_out, packs=None, batch_major=False):
-    """Same contract as gru_ref.gru_forward (packs: accepted for the common call, not used: the GRU packs
-    per call; batch_major: run on time-major copies)."""
+                z_ws, hz_ws, y_out, hT_out, gates_out, packs=None, batch_major=False, threads=1):
+    """Same contract as gru_ref.gru_forward (packs, threads: accepted for the common call, not used: the GRU
+    packs per call and runs on one thread; batch_major: run on time-major copies)."""
     if batch_major:
         x, z_ws, y = as_time_major(x, z_ws, y_out, gates_out)
         _gru_forward(x, w_x, w_h, b_x, b_h, h0, mask, act_codes, act_ab, clip, reset_after, reverse,

@@ -45,6 +45,10 @@ from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, P
 
 cdef extern from *:
     """
+    #include <string.h>
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
     #if FL_VECACT && FL_PACKED_GEMM
     /* One batch-1 inference step with the default activations over W (K x 4H) packed by fl_pack_units
        (panel q: units 16q..16q+15 of the gates i, f, g, o; 16 columns each):
@@ -54,14 +58,15 @@ cdef extern from *:
        eighths of the next panel's product (the out-of-order window alone, about 256 instructions, cannot reach
        across a whole panel). The arithmetic is the same as _fwd_row_fast's, bit for bit. Panels run last to
        first when `back` (alternate it per step: the new sweep starts on the panel still in L1).
+       Only panels q0 <= q < q1 (their units; all of them: 0, ceil(H / 16)).
        h_out must not alias a; c_out may be c_prev. */
     static void fl_lstm_units_step(int K, const float *a, const float *Wu, const float *zx, const float *c_prev,
-                                   float *c_out, float *h_out, int H, int back) {
-        int nq = (H + 15) / 16, pu0 = -1;
+                                   float *c_out, float *h_out, int H, int back, int q0, int q1) {
+        int nq = q1 - q0, pu0 = -1;
         __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), m0 = lane, m1 = lane;
         float pend[64] __attribute__((aligned(32)));  /* the previous panel: z, then gates, per 8 units */
         for (int qq = 0; qq <= nq; qq++) {
-            int has = qq < nq, q = back ? nq - 1 - qq : qq, u0 = 16 * q, nu = H - u0 < 16 ? H - u0 : 16;
+            int has = qq < nq, q = q0 + (back ? nq - 1 - qq : qq), u0 = 16 * q, nu = H - u0 < 16 ? H - u0 : 16;
             __m256 c[8];
             const float *w = has ? Wu + (size_t)q * K * 64 : Wu;     /* (q is out of range in the drain pass) */
             __m256i n0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nu), lane);
@@ -122,10 +127,58 @@ cdef extern from *:
             }
         }
     }
+
+    /* The batch-1 inference steps (fl_lstm_units_step over all T steps) on `nt` threads (OpenMP; one thread
+       without it): first z[r] = b + x[r] @ W_x for the T rows (a share of the rows each, when wx_packed; else z
+       holds them already), then per step each thread runs its share of the panels and waits for the others at a
+       barrier (the next step needs all of h). Same arithmetic as one thread, bit for bit. c: c0 in, c_T out. */
+    static void fl_lstm_units_forward(int nt, int T, int I, int H, const float *x, const float *wx_packed,
+                                      const float *b, const float *Wu, const unsigned char *mask, int reverse,
+                                      const float *h0, float *z, float *y, float *c) {
+        const int G = 4 * H, nq = (H + 15) / 16;
+        (void)nt;
+        #ifdef _OPENMP
+        #pragma omp parallel num_threads(nt)
+        #endif
+        {
+            #ifdef _OPENMP
+            const int tid = omp_get_thread_num(), n = omp_get_num_threads();
+            #else
+            const int tid = 0, n = 1;
+            #endif
+            int r0 = T * tid / n, r1 = T * (tid + 1) / n, q0 = nq * tid / n, q1 = nq * (tid + 1) / n;
+            int u0 = 16 * q0, u1 = 16 * q1 < H ? 16 * q1 : H;
+            const float *h_prev = h0;
+            if (wx_packed != NULL && r1 > r0)
+                fl_gemm_packed_bias(r1 - r0, G, I, x + (size_t)r0 * I, I, wx_packed, z + (size_t)r0 * G, G, b);
+            #ifdef _OPENMP
+            #pragma omp barrier
+            #endif
+            for (int k = 0; k < T; k++) {
+                int t = reverse ? T - 1 - k : k;
+                float *yt = y + (size_t)t * H;
+                if (mask == NULL || mask[t] != 0)
+                    fl_lstm_units_step(H, h_prev, Wu, z + (size_t)t * G, c, c, yt, H, k & 1, q0, q1);
+                else if (u1 > u0)       /* a masked step keeps the state */
+                    memcpy(yt + u0, h_prev + u0, (size_t)(u1 - u0) * sizeof(float));
+                h_prev = yt;
+                #ifdef _OPENMP
+                #pragma omp barrier
+                #endif
+            }
+        }
+    }
     #else
     static void fl_lstm_units_step(int K, const float *a, const float *Wu, const float *zx, const float *c_prev,
-                                   float *c_out, float *h_out, int H, int back) {
+                                   float *c_out, float *h_out, int H, int back, int q0, int q1) {
         (void)K; (void)a; (void)Wu; (void)zx; (void)c_prev; (void)c_out; (void)h_out; (void)H; (void)back;
+        (void)q0; (void)q1;
+    }
+    static void fl_lstm_units_forward(int nt, int T, int I, int H, const float *x, const float *wx_packed,
+                                      const float *b, const float *Wu, const unsigned char *mask, int reverse,
+                                      const float *h0, float *z, float *y, float *c) {
+        (void)nt; (void)T; (void)I; (void)H; (void)x; (void)wx_packed; (void)b; (void)Wu; (void)mask;
+        (void)reverse; (void)h0; (void)z; (void)y; (void)c;
     }
     #endif
 
@@ -211,7 +264,10 @@ cdef extern from *:
     #endif
     """
     void fl_lstm_units_step(int K, const float* a, const float* Wu, const float* zx, const float* c_prev,
-                            float* c_out, float* h_out, int H, int back) noexcept nogil
+                            float* c_out, float* h_out, int H, int back, int q0, int q1) noexcept nogil
+    void fl_lstm_units_forward(int nt, int T, int I, int H, const float* x, const float* wx_packed, const float* b,
+                               const float* Wu, const unsigned char* mask, int reverse, const float* h0, float* z,
+                               float* y, float* c) noexcept nogil
     void fl_lstm_fwd_row(const float* z, const float* c_prev, float* c_out, float* h_out, float* gates,
                          int H) noexcept nogil
     void fl_lstm_bwd_row(const float* gates, const float* c, const float* c_prev, float* dh, float* dc, float* dz,
@@ -219,6 +275,10 @@ cdef extern from *:
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
+    # batch-1 unit steps on several threads from this many units on: below, the barrier per step (about 0.4 us
+    # on this 2-core VM) costs more than the halved product saves (C microbenchmark, 2 threads, us per step:
+    # H = 64: 0.8 -> 1.0, H = 96: 2.2 -> 1.5, H = 128: 2.8-3.0 -> 1.7, H = 512: 56 -> 28)
+    UNITS_THREADS_MIN_H = 96
     WG_CHUNK_ROWS = 512     # rows per chunk of the merged weight-gradient GEMM (_weight_grads_merged)
     STEP_INPUT_MAX_FLOATS = 1 << 19     # w_x up to 2 MiB: the input product step by step (_input_rows)
 
@@ -366,11 +426,12 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
                         const int* codes, const double* ab, floating clip, bint input_forget, bint reverse,
                         floating* z_ws, floating* y, floating* hT, floating* cT, floating* gates_out,
                         floating* cs_out, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        const float* wh_kept, const float* wx_kept, bint batch_major) noexcept nogil:
+                        const float* wh_kept, const float* wx_kept, bint batch_major, int threads) noexcept nogil:
     """wh_kept, wx_kept: w_h and w_x packed as this call would pack them (by units when _unit_steps applies, else
     pack_weights' layout for B rows, and for T*B rows past GEMV_MAX_ROWS), copies a WeightPacks keeps (see
     lstm_forward); or NULL: packed here when that pays, and freed on return. batch_major: x, z_ws and y are
-    (B, T, .) instead of (T, B, .) (inference only): the steps read and write their rows with a stride."""
+    (B, T, .) instead of (T, B, .) (inference only): the steps read and write their rows with a stride.
+    threads: at most this many threads (the batch-1 unit steps with H >= UNITS_THREADS_MIN_H; else one)."""
     cdef Py_ssize_t G = 4 * H, r, k, t, bi
     # element strides between steps (s*t) and between the batch rows of one step (s*b)
     cdef Py_ssize_t sxt = I if batch_major else B * I, sxb = T * I if batch_major else I
@@ -407,6 +468,22 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         wx_own = pack_weights(<int>I, <int>G, w_x, <int>G, False, x_rows, T if step_input else 2)
         wx_packed = wx_own
     step_input = step_input and wx_packed != NULL
+    if floating is float:
+        if units and threads > 1 and H >= UNITS_THREADS_MIN_H:
+            # the batch-1 steps on several threads, the input product included (z_ws = b + x @ w_x by row shares)
+            if I == 0 or wx_packed == NULL:
+                if I == 0:
+                    for r in range(T):
+                        _add(z_ws + r * G, b, G)
+                else:
+                    matmul_bias(<int>T, <int>G, <int>I, x, <int>I, w_x, <int>G, False, NULL, b, z_ws, <int>G)
+            _copy(cT, c0, H)
+            fl_lstm_units_forward(threads, <int>T, <int>I, <int>H, x, wx_packed if I > 0 else NULL, b, w_packed,
+                                  mask, reverse, h0, z_ws, y, cT)
+            _copy(hT, y + _step(T - 1, T, reverse) * H, H)
+            fl_free(w_own)
+            fl_free(wx_own)
+            return
     if I == 0:
         # projected input: z_ws holds x @ w_x already;  z_ws += b
         for r in range(T * B):
@@ -433,7 +510,8 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         if floating is float:
             if units:
                 if mask == NULL or mask[t] != 0:
-                    fl_lstm_units_step(<int>H, h_prev, w_packed, zt, c_prev, ct, yt, <int>H, k & 1)
+                    fl_lstm_units_step(<int>H, h_prev, w_packed, zt, c_prev, ct, yt, <int>H, k & 1, 0,
+                                       <int>((H + 15) // 16))
                 else:
                     _copy(yt, h_prev, H)          # a masked step keeps the state
                 h_prev = yt
@@ -472,7 +550,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
                  const double[:, ::1] act_ab, double clip, bint input_forget, bint reverse,
                  floating[:, :, ::1] z_ws, floating[:, :, ::1] y_out, floating[:, ::1] hT_out,
                  floating[:, ::1] cT_out, floating[:, :, ::1] gates_out, floating[:, :, ::1] cs_out,
-                 WeightPacks packs=None, bint batch_major=False):
+                 WeightPacks packs=None, bint batch_major=False, int threads=1):
     """LSTM over T steps. Same contract as lstm_ref.lstm_forward.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H)
@@ -480,6 +558,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
     packs: a _blas.WeightPacks that keeps the packed w_h and w_x across calls with these same weight arrays
     (their values unchanged), or None: packed per call
     batch_major: x (B, T, I), z_ws (B, T, 4H) and y_out (B, T, H) instead (inference only)
+    threads: at most this many threads (batch-1 float32 inference with the default gates and at least
+    UNITS_THREADS_MIN_H units; else one)
     """
     cdef Py_ssize_t T = x.shape[1 if batch_major else 0], B = x.shape[0 if batch_major else 1]
     cdef Py_ssize_t I = x.shape[2], H = w_h.shape[0]
@@ -506,7 +586,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const 
         _lstm_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b[0], p_ptr, &h0[0, 0], &c0[0, 0], m_ptr,
                       &act_codes[0], &act_ab[0, 0], <floating>clip, input_forget, reverse, &z_ws[0, 0, 0],
                       &y_out[0, 0, 0], &hT_out[0, 0], &cT_out[0, 0], g_ptr, cs_ptr, T, B, I, H, wh_kept, wx_kept,
-                      batch_major)
+                      batch_major, max(1, threads))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -77,13 +77,14 @@ def _cell_row_backward(dh, dy, gi, gf, gg, go, c, c_prev, dc, dzi, dzf, dzg, dzo
 
 
 def lstm_forward(x, w_x, w_h, b, p, h0, c0, mask, act_codes, act_ab, clip, input_forget, reverse,
-                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out, packs=None, batch_major=False):
+                 z_ws, y_out, hT_out, cT_out, gates_out, cs_out, packs=None, batch_major=False, threads=1):
     """Same contract as lstm_ref.lstm_forward.
     IN   x (T, B, I)  w_x (I, 4H)  w_h (H, 4H)  b (4H,)  p (3, H) | (0, H)  h0, c0 (B, H)  mask (T, B) | (0, 0)
     SCRATCH z_ws (T, B, 4H)
     OUT  y_out (T, B, H)  hT_out, cT_out (B, H);  gates_out (T, B, 4H), cs_out (T, B, H) | (0, 0, 0)
     packs: a KeptPanels that keeps the packed w_h across calls with this same w_h (values unchanged), or None
     batch_major: x, z_ws, y_out (B, T, .) instead (inference only): run on time-major copies
+    threads: accepted for the common call (kernel_kw); the Numba steps run on one thread
     """
     if batch_major:
         x, z_ws, y = as_time_major(x, z_ws, y_out, gates_out)

@@ -26,7 +26,7 @@ z_ws is scratch: a backend may leave only x_t @ w_x + b there (the Cython batch-
 The Cython and Numba backends' lstm_forward and gru_forward take one more, optional argument: packs, the
 backend's WeightPacks (Cython: _blas.WeightPacks; Numba: KeptPanels, used by its LSTM) that keeps packed copies of
 w_x and w_h across calls, for a caller whose weights stay the same arrays with the same values (see
-fastlstm._kernels.packs_kw).
+fastlstm._kernels.kernel_kw).
 
 Projected input (I == 0: x (T, B, 0), w_x (0, 4H)): z_ws holds x_t @ w_x on entry, computed by the caller (an
 Embedding feeding the layer projects each distinct token once); the kernel adds b and runs the steps as usual.

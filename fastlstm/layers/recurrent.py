@@ -11,7 +11,7 @@ import copy
 import numpy as np
 
 from .. import activations, initializers
-from .._kernels import acts as kacts, batch_first, packs_kw
+from .._kernels import acts as kacts, batch_first, kernel_kw
 from ..backend import get_backend
 from .base import Layer, float_dtype
 from .core import TokenRows, TokenRowsGrad
@@ -485,7 +485,7 @@ class LSTM(RNN):
         kern = get_backend()
         kern.lstm_forward(x_tm if x is None else x, w_x, p["w_h"], p["b"], p["p"], states0[0], states0[1], m,
                           p["act_codes"], p["act_ab"], 0.0, False, self.go_backwards, z_ws, y, hT, cT, gates, cs,
-                          batch_major=x is not None, **packs_kw(kern, p))
+                          batch_major=x is not None, **kernel_kw(kern, p))
         return (y if x is None else y.transpose(1, 0, 2)), [hT, cT]
 
     def _kernel_backward(self, ctx, dy, dfinal):
@@ -581,7 +581,7 @@ class GRU(RNN):
         kern = get_backend()
         kern.gru_forward(x_tm if x is None else x, w_x, p["w_h"], p["b_x"], p["b_h"], states0[0], m, p["act_codes"],
                          p["act_ab"], 0.0, self.reset_after, self.go_backwards, z_ws, hz_ws, y, hT, gates,
-                         batch_major=x is not None, **packs_kw(kern, p))
+                         batch_major=x is not None, **kernel_kw(kern, p))
         return (y if x is None else y.transpose(1, 0, 2)), [hT]
 
     def _kernel_backward(self, ctx, dy, dfinal):

@@ -19,7 +19,7 @@ and then false (tf2onnx: time < T and iter < max_iterations).
 """
 import numpy as np
 
-from .._kernels import acts, packs_kw
+from .._kernels import acts, kernel_kw
 from ..backend import get_backend
 
 _FLOAT = ("float32", "float64")
@@ -476,12 +476,12 @@ class _FusedLoop:
             c0 = np.ascontiguousarray(np.broadcast_to(carried[self.idx[self.c_name]], (N, H)), dtype=dt)
             cT = np.empty((N, H), dt)
             k.lstm_forward(x, p["w_x"], p["w_h"], p["b"], p["p"], h0, c0, mask, self.codes, self.ab, 0.0, False,
-                           False, np.empty((n, N, 4 * H), dt), y, hT, cT, none3, none3, **packs_kw(k, p))
+                           False, np.empty((n, N, 4 * H), dt), y, hT, cT, none3, none3, **kernel_kw(k, p))
         else:
             cT = None
             k.gru_forward(x, p["w_x"], p["w_h"], p["b_x"], p["b_h"], h0, mask, self.codes, self.ab, 0.0,
                           p["reset_after"], False, np.empty((n, N, 3 * H), dt), np.empty((n, N, 3 * H), dt), y, hT,
-                          none3, **packs_kw(k, p))
+                          none3, **kernel_kw(k, p))
         seen = None if valid is None else np.logical_or.accumulate(valid, axis=0)[:, :, None]
 
         def out_seq(prev_name):

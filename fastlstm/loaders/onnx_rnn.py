@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from .._kernels import acts, batch_first, packs_kw
+from .._kernels import acts, batch_first, kernel_kw
 from ..backend import get_backend
 from .onnx_ops import op
 
@@ -369,7 +369,7 @@ class LstmNode(_RnnNode):
         kern = get_backend()
         kern.lstm_forward(x if xb is None else xb, p["w_x"], p["w_h"], p["b"], p["p"], states[0], states[1], mask,
                           codes, ab, self.clip, self.input_forget, self.reverse or d == 1, z, y, hT, cT, _none3(dt),
-                          _none3(dt), batch_major=xb is not None, **packs_kw(kern, p))
+                          _none3(dt), batch_major=xb is not None, **kernel_kw(kern, p))
         self._give_back(z)
         return (y if xb is None else y.transpose(1, 0, 2)), [hT, cT]
 
@@ -398,7 +398,7 @@ class GruNode(_RnnNode):
         kern = get_backend()
         kern.gru_forward(x if xb is None else xb, p["w_x"], p["w_h"], p["b_x"], p["b_h"], states[0], mask, codes, ab,
                          self.clip, self.linear_before_reset, self.reverse or d == 1, zx, zh, y, hT, _none3(dt),
-                         batch_major=xb is not None, **packs_kw(kern, p))
+                         batch_major=xb is not None, **kernel_kw(kern, p))
         self._give_back(zx, zh)
         return (y if xb is None else y.transpose(1, 0, 2)), [hT]
 
