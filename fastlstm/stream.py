@@ -16,6 +16,9 @@ sequential pass over them, and the step updates the session's state arrays in pl
 Dense layers (a text model scoring or generating token by token) runs a chunk in one compiled call
 (chain_cy.ChainStepper: embedding rows, the steppers, the Dense products and activations, GIL released) that
 reads the layers' current weights on every call; a chunk it does not take goes the general way.
+Threads: a session takes fastlstm.set_num_threads' value when it is made (as an onnxruntime session its intra-op
+threads); a large LSTM step (at least 2 MiB of weights) then shares its product among them. A service that steps
+many sessions from its own threads sets 1.
 
 Equivalence with predict (tested): streaming T steps in chunks equals predict on the whole sequence, with
 Keras masking semantics (a masked step keeps the state; return_sequences outputs repeat the carried state,
@@ -23,6 +26,7 @@ zeros with zero_output_for_mask). Bidirectional and go_backwards layers need the
 """
 import numpy as np
 
+from . import config
 from ._kernels import kernel_kw
 from .backend import get_backend
 from .layers.recurrent import GRU, LSTM, RNN, Bidirectional
@@ -82,10 +86,14 @@ class _RecurrentStep:
                 return None
             lyr._cast[key] = packed
         if self.kind == "lstm":
-            return backend.LSTMStepper(packed[0], p["b"], p["p"], p["act_codes"], p["act_ab"], 0.0, False,
-                                       self.states[0], self.states[1])
-        return backend.GRUStepper(*packed, p["b_x"], p["b_h"], p["act_codes"], p["act_ab"], 0.0, lyr.reset_after,
-                                  self.states[0])
+            stepper = backend.LSTMStepper(packed[0], p["b"], p["p"], p["act_codes"], p["act_ab"], 0.0, False,
+                                          self.states[0], self.states[1])
+        else:
+            stepper = backend.GRUStepper(*packed, p["b_x"], p["b_h"], p["act_codes"], p["act_ab"], 0.0,
+                                         lyr.reset_after, self.states[0])
+        if isinstance(getattr(stepper, "threads", None), int):
+            stepper.threads = config.kernel_threads()    # (Cython LSTM: a large step's product on the threads)
+        return stepper
 
     def refresh(self):
         """Re-read the layer's weights when they changed since the plan was made."""

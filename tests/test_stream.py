@@ -333,6 +333,52 @@ def test_lstm_stepper_against_reference(I, H, opts):
         st.run(np.zeros((2, 1, I + 1), np.float32), np.zeros((2, 1, H), np.float32))
 
 
+@needs_packed
+@pytest.mark.parametrize("I, H", [(256, 256), (456, 200), (40, 512)])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_lstm_stepper_on_threads_equals_one_thread(I, H, threads):
+    """A stepper with threads > 1 and at least 2 MiB of packed weights shares each step's product among the
+    threads (panel ranges, lstm_cy.fl_gemv_packed64_threads): bit-identical to one thread (a partial last panel
+    included: 4H = 800), and to the reference within tolerance."""
+    from fastlstm._kernels import _blas, lstm_ref
+    from fastlstm._kernels.args import lstm_args
+    a = lstm_args(6, 1, I, H, np.float32, np.random.default_rng(H), scale=0.15)
+    assert (I + H) * 4 * H >= lstm_cy.THREAD_THRESHOLDS["stepper_min_floats"]
+    lstm_ref.lstm_forward(*a.values())
+    packed = _blas.Packed64(np.ascontiguousarray(np.concatenate([a["w_x"], a["w_h"]])))
+    x = np.ascontiguousarray(a["x"].transpose(1, 0, 2))
+    ys = []
+    for n in (1, threads):
+        h, c = a["h0"].copy(), a["c0"].copy()
+        st = lstm_cy.LSTMStepper(packed, a["b"], a["p"], a["act_codes"], a["act_ab"], 0.0, False, h, c)
+        st.threads = n
+        ys.append((st.step(x[:, :2], True), st.step(np.ascontiguousarray(x[:, 2:]), True), h, c))
+    for one, many in zip(*ys):
+        npt.assert_array_equal(many, one)
+    npt.assert_allclose(np.concatenate(ys[0][:2], axis=1)[0], a["y_out"][:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_session_stepper_takes_the_threads_setting(rng):
+    """A batch-1 session's stepper runs on fastlstm.set_num_threads' value at the time the session is made; the
+    results equal a one-thread session's."""
+    saved = fastlstm.config.NUM_THREADS
+    m = fastlstm.Sequential([fastlstm.Input((None, 200)), L.LSTM(256)])
+    x = rng.normal(size=(1, 7, 200)).astype(np.float32)
+    try:
+        outs = []
+        for n in (1, 2):
+            fastlstm.set_num_threads(n)
+            s = m.stream(batch_size=1)
+            if fastlstm.get_backend().name == "cython" and PACKED:
+                assert s._rnn[0][1].stepper.threads == n
+            outs.append([s.step(x[:, k:k + 1]) for k in range(7)])
+    finally:
+        fastlstm.set_num_threads(saved)
+    for a, b in zip(*outs):
+        npt.assert_array_equal(a, b)
+    npt.assert_allclose(outs[0][-1], m.predict(x), rtol=1e-4, atol=1e-5)
+
+
 gru_cy = pytest.importorskip("fastlstm._kernels.gru_cy", reason="the Cython extension is built in CI")
 
 

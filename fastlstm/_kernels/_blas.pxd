@@ -252,13 +252,13 @@ cdef extern from *:
        evicted by the end of the previous sweep; a back-and-forth sweep starts where the last one ended, on
        panels still cached (about 10% faster here). The panels are independent, so results do not change. */
     static __thread int fl_sweep_back;
-    static void fl_gemv_packed64(int K, int N, const float *x, const float *Wp, float *y) {
+    /* the panels p0 <= p < p1 of that product, last to first when `back` */
+    static void fl_gemv_packed64_panels(int K, int N, const float *x, const float *Wp, float *y, int p0, int p1,
+                                        int back) {
     #if FL_PACKED_GEMM
         float tmp[64];
-        int np = (N + 63) / 64, back = fl_sweep_back;
-        fl_sweep_back = !back;
-        for (int q = 0; q < np; q++) {
-            int p = back ? np - 1 - q : q;
+        for (int q = 0; q < p1 - p0; q++) {
+            int p = back ? p1 - 1 - q : p0 + q;
             int n0 = p * 64, nn = N - n0 < 64 ? N - n0 : 64;
             float *yt = y + n0;
             if (nn < 64) {          /* last, partial panel: accumulate into a zero-padded copy */
@@ -270,8 +270,13 @@ cdef extern from *:
             if (nn < 64) memcpy(y + n0, tmp, nn * sizeof(float));
         }
     #else
-        (void)K; (void)N; (void)x; (void)Wp; (void)y;
+        (void)K; (void)N; (void)x; (void)Wp; (void)y; (void)p0; (void)p1; (void)back;
     #endif
+    }
+    static void fl_gemv_packed64(int K, int N, const float *x, const float *Wp, float *y) {
+        int back = fl_sweep_back;
+        fl_sweep_back = !back;
+        fl_gemv_packed64_panels(K, N, x, Wp, y, 0, (N + 63) / 64, back);
     }
 
     /* ---- batch-1 steps over unit-interleaved panels ----
@@ -301,6 +306,8 @@ cdef extern from *:
     size_t fl_packed64_size(int K, int N) noexcept nogil
     void fl_pack64(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemv_packed64(int K, int N, const float* x, const float* Wp, float* y) noexcept nogil
+    void fl_gemv_packed64_panels(int K, int N, const float* x, const float* Wp, float* y, int p0, int p1,
+                                 int back) noexcept nogil
     size_t fl_packed_size(int K, int N) noexcept nogil
     void fl_pack(int K, int N, const float* W, int ldw, int trans, float* Wp) noexcept nogil
     void fl_gemm_packed(int M, int N, int K, const float* A, int lda, const float* Wp, float* C,
@@ -433,7 +440,8 @@ cdef class Packed64:
 cdef class Stepper:
     """Base of the batch-1 float32 steppers of the streaming sessions (lstm_cy.LSTMStepper, gru_cy.GRUStepper):
     the Python entry points step() and run(); a subclass sets n_in, units, h (its state h, H floats) and
-    implements _advance."""
+    implements _advance. `threads`: at most this many threads per step (set by the session; 0 or 1: one)."""
     cdef float *h
     cdef readonly Py_ssize_t n_in, units     # I, H (`I` is a C macro)
+    cdef public int threads
     cdef void _advance(self, const float* x, Py_ssize_t k, float* y) noexcept nogil

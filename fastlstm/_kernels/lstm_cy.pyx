@@ -49,6 +49,25 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     #endif
+
+    /* y (N) += x (K) @ W (fl_gemv_packed64's panels) with the panels shared among nt threads (OpenMP; else one
+       thread), each share swept last to first when `back` */
+    static void fl_gemv_packed64_threads(int nt, int K, int N, const float *x, const float *Wp, float *y, int back) {
+        const int np = (N + 63) / 64;
+        (void)nt;
+        #ifdef _OPENMP
+        #pragma omp parallel num_threads(nt)
+        #endif
+        {
+            #ifdef _OPENMP
+            const int tid = omp_get_thread_num(), n = omp_get_num_threads();
+            #else
+            const int tid = 0, n = 1;
+            #endif
+            fl_gemv_packed64_panels(K, N, x, Wp, y, np * tid / n, np * (tid + 1) / n, back);
+        }
+    }
+
     #if FL_VECACT && FL_PACKED_GEMM
     /* One batch-1 inference step with the default activations over W (K x 4H) packed by fl_pack_units
        (panel q: units 16q..16q+15 of the gates i, f, g, o; 16 columns each):
@@ -265,6 +284,8 @@ cdef extern from *:
     """
     void fl_lstm_units_step(int K, const float* a, const float* Wu, const float* zx, const float* c_prev,
                             float* c_out, float* h_out, int H, int back, int q0, int q1) noexcept nogil
+    void fl_gemv_packed64_threads(int nt, int K, int N, const float* x, const float* Wp, float* y,
+                                  int back) noexcept nogil
     void fl_lstm_units_forward(int nt, int T, int I, int H, const float* x, const float* wx_packed, const float* b,
                                const float* Wu, const unsigned char* mask, int reverse, const float* h0, float* z,
                                float* y, float* c) noexcept nogil
@@ -279,8 +300,13 @@ cdef enum:
     # on this 2-core VM) costs more than the halved product saves (C microbenchmark, 2 threads, us per step:
     # H = 64: 0.8 -> 1.0, H = 96: 2.2 -> 1.5, H = 128: 2.8-3.0 -> 1.7, H = 512: 56 -> 28)
     UNITS_THREADS_MIN_H = 96
+    # LSTMStepper steps on several threads from this many floats of packed [w_x; w_h] on (see _advance)
+    STEPPER_THREADS_MIN_FLOATS = 1 << 19
     WG_CHUNK_ROWS = 512     # rows per chunk of the merged weight-gradient GEMM (_weight_grads_merged)
     STEP_INPUT_MAX_FLOATS = 1 << 19     # w_x up to 2 MiB: the input product step by step (_input_rows)
+
+# the two thread thresholds above, readable from Python (tests)
+THREAD_THRESHOLDS = {"units_min_h": UNITS_THREADS_MIN_H, "stepper_min_floats": STEPPER_THREADS_MIN_FLOATS}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -878,7 +904,7 @@ cdef class LSTMStepper(Stepper):
     cdef int codes[3]
     cdef double ab[6]
     cdef float clip
-    cdef bint input_forget, fast
+    cdef bint input_forget, fast, back
     cdef object _keep
 
     def __cinit__(self, Packed64 packed not None, const float[::1] b not None, const float[:, ::1] p not None,
@@ -915,13 +941,21 @@ cdef class LSTMStepper(Stepper):
         free(self.z)
 
     cdef void _advance(self, const float* x, Py_ssize_t k, float* y) noexcept nogil:
-        """k steps on the rows x (k, I); y (k, H) gets every h when not NULL"""
+        """k steps on the rows x (k, I); y (k, H) gets every h when not NULL. With threads > 1 and at least
+        STEPPER_THREADS_MIN_FLOATS of weights, each step's product is shared among the threads (panel ranges;
+        the same sums, bit for bit) and the gate pass follows on this thread."""
         cdef Py_ssize_t t, I = self.n_in, H = self.units
+        cdef int K = self.packed.K, N = self.packed.N
+        cdef bint shared = self.threads > 1 and <Py_ssize_t>K * N >= STEPPER_THREADS_MIN_FLOATS
         for t in range(k):
             _copy(self.xh, x + t * I, I)
             _copy(self.xh + I, self.h, H)
             _copy(self.z, self.b, 4 * H)
-            fl_gemv_packed64(self.packed.K, self.packed.N, self.xh, self.packed.data, self.z)
+            if shared:
+                self.back = not self.back     # (alternating sweeps, as fl_gemv_packed64)
+                fl_gemv_packed64_threads(self.threads, K, N, self.xh, self.packed.data, self.z, self.back)
+            else:
+                fl_gemv_packed64(K, N, self.xh, self.packed.data, self.z)
             if self.fast:
                 _fwd_row_fast(self.z, self.c, self.c, self.h, <float*>NULL, H)
             else:
