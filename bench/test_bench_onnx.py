@@ -211,7 +211,11 @@ RATIO_LIMIT = 1.25
 def test_bench_onnx_paired_ratio(onnx_files, fastlstm_threads, record_property, workload, exporter):
     """fastlstm / onnxruntime time per call, the two called alternately in one loop (each call timed on its own,
     median of the per-pair ratios): on a machine shared with other work, sequential benchmark groups can land in
-    quiet and busy spells; alternating puts both runtimes in the same ones."""
+    quiet and busy spells; alternating puts both runtimes in the same ones. One thread only tells the runtimes
+    apart this way: with --bench-threads > 1 both keep their worker threads spinning for a while after a call
+    (onnxruntime's intra-op pool, fastlstm's OpenMP team), so each call pays for the other's spinning (latency
+    measured 0.42 ms against 0.69 ms alternating, 0.30 against 0.44 ms in the benchmark groups); read the groups
+    there (with more than one thread the ratio is recorded, not checked)."""
     path = _model_file(onnx_files, workload, exporter)
     model = fastlstm.load(path)
     sess = _session(path, fastlstm_threads)
@@ -235,7 +239,8 @@ def test_bench_onnx_paired_ratio(onnx_files, fastlstm_threads, record_property, 
     record_property("onnxruntime_median_s", statistics.median(t_ort))
     print(f"\n{workload} {exporter}: fastlstm {statistics.median(t_fast) * 1e3:.3f} ms, onnxruntime "
           f"{statistics.median(t_ort) * 1e3:.3f} ms, median ratio {ratio:.3f} ({len(ratios)} pairs)")
-    assert ratio <= RATIO_LIMIT
+    if fastlstm_threads == 1:                       # (with more, the pairs measure each other's spinning threads)
+        assert ratio <= RATIO_LIMIT
 
 
 # ---- load time --------------------------------------------------------------------------------------------------
