@@ -12,8 +12,9 @@ FAST = [b for b in BACKENDS if b != "reference"]
 SHAPES = [(1, 1, 1, 1), (5, 1, 3, 4), (7, 3, 5, 1), (6, 4, 9, 7), (3, 17, 2, 33), (12, 2, 40, 24), (4, 9, 64, 65),
           (4, 12, 5, 7),   # B=12: a multiple of the 6-row tile of the packed float32 products
           (9, 1, 20, 66),  # B=1, T >= 8: one-row products over 64-column panels, the last one partial
-          (10, 13, 6, 9),  # T*B >= 128: the input GEMM through BLAS, the bias added step by step
-          (7, 400, 6, 5)]  # B >= 128: the per-step products through BLAS gemm (no packed weights)
+          (30, 13, 6, 9),  # T*B >= 320 (LSTM: the input product step by step on packed tiles; GRU: through BLAS)
+          (40, 8, 6, 9),   # T*B >= 320, B <= 8: the input GEMM through BLAS after the bias fill
+          (7, 400, 6, 5)]  # B >= 320: the per-step products through BLAS gemm (no packed weights)
 DTYPES = [np.float32, np.float64]
 LSTM_OPTS = [
     dict(),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm._kernels import get_backend, gru_ref, lstm_ref, kernel_kw
+from fastlstm._kernels import get_backend, gru_ref, kernel_kw, lstm_ref
 from fastlstm._kernels.args import copy_args, gru_args, lstm_args
 
 from conftest import BACKENDS, PACKED

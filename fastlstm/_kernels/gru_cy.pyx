@@ -14,8 +14,9 @@ Backward (dh += dy[t] first; masked rows pass dh through):
 Compute shape: one GEMM (T*B, I) @ (I, 3H) into z_ws (pre-filled with b_x, and b_hn for reset_before),
 per step the recurrent product(s) into hz_ws[t] and a gate pass per row; backward per step the gate pass
 and the dh_prev product, then dw_x, dx, dw_h as GEMMs over all T*B rows. Per-step products go through
-_blas.matmul_acc (GEMV for B == 1; float32 with 1 < B < 128: a kernel on w_h packed once per call, one
-malloc freed on return; else gemm).
+_blas.matmul_acc (GEMV for B == 1; float32 with 1 < B < 320: a kernel on w_h packed once per call, one
+malloc freed on return; else gemm). Inference also takes batch-first x, z_ws, y (batch_major, (B, T, .)): the
+steps read and write their rows with a stride.
 The default activations (sigmoid, tanh) with reset_after and no clip take one fused, vectorised loop per
 row; anything else takes the general pass on CH-column chunks in stack buffers.
 """

@@ -14,13 +14,16 @@ Compute shape: one GEMM (T*B, I) @ (I, 4H) into z_ws (pre-filled with b; float32
 start from b instead), per step one (B, H) @ (H, 4H) product into z_ws[t] and one fused gate pass per row.
 Backward: per step the gate pass and dh_prev = dz @ w_h^T; at the end dx as one GEMM over all T*B rows and
 [dw_x; dw_h] as one GEMM [x, h_prev]^T @ dz (one pass over dz; [x, h_prev] copied chunk by chunk into a scratch).
-The per-step products go through _blas.matmul_acc: a GEMV when B == 1; for float32 and 1 < B < 128 a
+The per-step products go through _blas.matmul_acc: a GEMV when B == 1; for float32 and 1 < B < 320 a
 register-tile kernel on w_h (w_h^T in backward) packed once per call, or kept across calls by the caller's
-_blas.WeightPacks (`packs`); otherwise BLAS gemm. With those tiles (1 < B < 128) the backward computes dx step by
+_blas.WeightPacks (`packs`); otherwise BLAS gemm. With those tiles (1 < B < 320) the backward computes dx step by
 step as well (dx[t] = dz_t @ w_x^T while dz_t is in cache), and so does the forward for the input product when
-w_x fits in 2 MiB (_input_rows). A batch-1 float32 inference with the default gate pass (T >= 8) instead
-packs w_h by units (16 units of the four gates per panel) and runs fl_lstm_units_step, which overlaps each panel's
-gate pass with the next panel's product (software pipelining; same arithmetic bit for bit).
+w_x fits in 2 MiB (_input_rows; inference then reuses one (B, 4H) slot of z_ws). A batch-1 float32 inference with
+the default gate pass (T >= 8) instead packs w_h by units (16 units of the four gates per panel) and runs
+fl_lstm_units_step, which overlaps each panel's gate pass with the next panel's product (software pipelining;
+same arithmetic bit for bit); with threads > 1 and H >= 96, fl_lstm_units_forward shares each step's panels among
+OpenMP threads (a barrier per step). Inference also takes batch-first arrays (batch_major: x, z_ws, y as
+(B, T, .)): the steps read and write their rows with a stride, so a batch-first caller needs no transposed copies.
 
 Two gate passes: the default activations (sigmoid, tanh, tanh) without peepholes, clip or input_forget
 take one fused pass per row (float32 with AVX2: fl_lstm_fwd_row / fl_lstm_bwd_row in C, else a loop that gcc
