@@ -499,18 +499,23 @@ def test_identity_output_is_a_copy(tmp_path):
     np.testing.assert_array_equal(x, 1)
 
 
+def _model_session_feeds(name, n):
+    """The fixture `name` loaded by fastlstm and by onnxruntime, and n feeds of other values (dims by name)."""
+    case = next(c for c in GOOD if c["name"] == name)
+    path = os.path.join(DATA, case["file"])
+    model = fastlstm.load(path)
+    sess = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"])
+    xin = np.load(os.path.join(DATA, case["input_file"]))
+    return model, sess, [_feeds_by_dim_name(model, xin, np.random.default_rng(s)) for s in range(n)]
+
+
 @pytest.mark.parametrize("name", ["torch_ts_lstm_seqfirst_states_op14", "tf2onnx_bilstm_sum_seq_op18",
                                   "torch_ts_gru_seq2seq_op14", "tf2onnx_lstm_return_state", "k3export_gru_loop",
                                   "torch_ts_lstm_nobias_bf_op14", "torch_dynamo_gru_bf"])
 def test_outputs_survive_later_calls(name):
     """predict reuses the RNN nodes' work arrays between calls: the arrays it returned earlier must not change
     when the model runs again (same shapes, other values), in one thread or several."""
-    case = next(c for c in GOOD if c["name"] == name)
-    path = os.path.join(DATA, case["file"])
-    model = fastlstm.load(path)
-    sess = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"])
-    xin = np.load(os.path.join(DATA, case["input_file"]))
-    feeds = [_feeds_by_dim_name(model, xin, np.random.default_rng(s)) for s in range(3)]
+    model, sess, feeds = _model_session_feeds(name, 3)
     firsts = [model.predict(f) for f in feeds]
     firsts = [f if isinstance(f, list) else [f] for f in firsts]
     kept = [[np.array(o) for o in f] for f in firsts]
@@ -532,12 +537,7 @@ def test_batch_first_sequence_output_is_not_copied(name):
     """A batch-first graph (Transpose -> LSTM/GRU -> Squeeze -> Transpose) runs the kernels on the input as it is
     (batch_major) and returns the node's own output array, no transposed copies on either side: the result is a
     view of that array (a copy would own its data), a new one per call, and onnxruntime's values."""
-    case = next(c for c in GOOD if c["name"] == name)
-    path = os.path.join(DATA, case["file"])
-    model = fastlstm.load(path)
-    sess = ort.InferenceSession(path, _SO, providers=["CPUExecutionProvider"])
-    xin = np.load(os.path.join(DATA, case["input_file"]))
-    feeds = [_feeds_by_dim_name(model, xin, np.random.default_rng(s)) for s in range(2)]
+    model, sess, feeds = _model_session_feeds(name, 2)
     outs = [model.predict(f) for f in feeds]
     outs = [o[0] if isinstance(o, list) else o for o in outs]
     assert all(o.base is not None and o.flags.c_contiguous and o.flags.writeable for o in outs)
