@@ -27,6 +27,14 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001
+            if OPENMP_FLAGS and OPENMP_FLAGS[0] in ext.extra_compile_args:
+                # a compiler without OpenMP: the same kernels on one thread
+                print(f"WARNING: {ext.name} did not build with OpenMP ({e}); building it without (one thread)",
+                      file=sys.stderr)
+                ext.extra_compile_args = [a for a in ext.extra_compile_args if a not in OPENMP_FLAGS]
+                ext.extra_link_args = [a for a in ext.extra_link_args if a not in OPENMP_FLAGS]
+                self.build_extension(ext)
+                return
             print(f"WARNING: could not build {ext.name} ({e})", file=sys.stderr)
 
 
@@ -39,8 +47,8 @@ class OptionalBuildExt(build_ext):
 #   activation path follows acts.py operation by operation); the exp kernel uses explicit fmaf where it wants one.
 ARCH_FLAGS = os.environ.get("FASTLSTM_ARCH_FLAGS", "-march=native").split()
 COMPILE_ARGS = ["-O3", *ARCH_FLAGS, "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
-# -fopenmp (lstm_cy): the batch-1 LSTM steps on several threads (fl_lstm_units_forward); FASTLSTM_OPENMP=0 builds
-#   without (one thread).
+# -fopenmp (lstm_cy): the batch-1 LSTM steps on several threads (fl_lstm_units_forward, LSTMStepper); built again
+#   without it when the compiler has no OpenMP, and FASTLSTM_OPENMP=0 leaves it out (one thread).
 OPENMP_FLAGS = ["-fopenmp"] if os.environ.get("FASTLSTM_OPENMP", "1") != "0" else []
 THREADED = {"lstm_cy"}
 
