@@ -1,5 +1,7 @@
 """Model API: batched and threaded predict, int/float inputs, list/dict inputs, lazy Sequential building,
 stateful layers, input errors."""
+import os
+
 import numpy as np
 import numpy.testing as npt
 import pytest
@@ -76,6 +78,31 @@ def test_kernel_threads_one_request_uses_all_a_split_batch_one_each(rng, threads
     seen.clear()
     npt.assert_allclose(m.predict(x), rows, **TOL32)
     assert len(seen) == 2 and set(seen) == ({1} if kern.name != "reference" else {None})
+
+
+def _predict_in_child(model, x, want, q):
+    q.put(bool(np.array_equal(model.predict(x), want)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is a POSIX call")
+def test_predict_in_a_child_forked_after_threaded_predict(rng, threads):
+    """A process forked after the parent ran the threaded batch-1 steps (multiprocessing's default start method
+    on Linux, preforking servers) predicts too, on one thread, the same numbers: libgomp's thread team does not
+    survive a fork, and entering a parallel region in the child would wait forever."""
+    import multiprocessing
+    m = fastlstm.Sequential([fastlstm.Input((None, 16)), L.LSTM(128)])
+    x = rng.normal(size=(1, 50, 16)).astype(np.float32)
+    fastlstm.set_num_threads(2)
+    want = m.predict(x)                         # the parent's team exists from here on
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_predict_in_child, args=(m, x, want, q))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in predict")
+    assert child.exitcode == 0 and q.get(timeout=5) is True
 
 
 def test_int_and_float_inputs(rng):

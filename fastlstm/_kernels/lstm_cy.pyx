@@ -51,15 +51,29 @@ cdef extern from *:
     #include <string.h>
     #ifdef _OPENMP
     #include <omp.h>
+    #include <pthread.h>
+    /* libgomp cannot run a parallel region in a child forked after the parent ran one (the child waits for a
+       thread team that did not survive the fork: multiprocessing's default start method, preforking servers).
+       Such a child runs the kernels on one thread (fl_team), the same results. */
+    static int fl_omp_used, fl_omp_off;
+    static void fl_omp_after_fork(void) { if (fl_omp_used) fl_omp_off = 1; }
+    __attribute__((constructor)) static void fl_omp_watch_fork(void) { pthread_atfork(NULL, NULL, fl_omp_after_fork); }
+    static int fl_team(int nt) {
+        if (nt <= 1 || fl_omp_off) return 1;
+        fl_omp_used = 1;
+        return nt;
+    }
+    #else
+    static int fl_team(int nt) { (void)nt; return 1; }
     #endif
 
     /* y (N) += x (K) @ W (fl_gemv_packed64's panels) with the panels shared among nt threads (OpenMP; else one
        thread), each share swept last to first when `back` */
     static void fl_gemv_packed64_threads(int nt, int K, int N, const float *x, const float *Wp, float *y, int back) {
         const int np = (N + 63) / 64;
-        (void)nt;
+        nt = fl_team(nt);
         #ifdef _OPENMP
-        #pragma omp parallel num_threads(nt)
+        #pragma omp parallel num_threads(nt) if (nt > 1)
         #endif
         {
             #ifdef _OPENMP
@@ -158,9 +172,9 @@ cdef extern from *:
                                       const float *b, const float *Wu, const unsigned char *mask, int reverse,
                                       const float *h0, float *z, float *y, float *c) {
         const int G = 4 * H, nq = (H + 15) / 16;
-        (void)nt;
+        nt = fl_team(nt);
         #ifdef _OPENMP
-        #pragma omp parallel num_threads(nt)
+        #pragma omp parallel num_threads(nt) if (nt > 1)
         #endif
         {
             #ifdef _OPENMP
