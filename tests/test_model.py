@@ -80,6 +80,20 @@ def test_kernel_threads_one_request_uses_all_a_split_batch_one_each(rng, threads
     assert len(seen) == 2 and set(seen) == ({1} if kern.name != "reference" else {None})
 
 
+def test_threaded_batch1_predict_from_many_user_threads(rng, threads):
+    """Requests served from the caller's own thread pool, each a batch-1 predict whose steps run on 2 threads
+    (each calling thread gets its own OpenMP team): the results equal the serial ones."""
+    from concurrent.futures import ThreadPoolExecutor
+    fastlstm.set_num_threads(2)
+    m = fastlstm.Sequential([fastlstm.Input((None, 16)), L.LSTM(128)])
+    xs = [rng.normal(size=(1, 40, 16)).astype(np.float32) for _ in range(8)]
+    want = [m.predict(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            for got, w in zip(pool.map(m.predict, xs), want):
+                npt.assert_array_equal(got, w)
+
+
 def _predict_in_child(model, x, want, q):
     q.put(bool(np.array_equal(model.predict(x), want)))
 
