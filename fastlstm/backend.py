@@ -82,6 +82,16 @@ def _cpu_features():
     return model, keep
 
 
+def _threaded_steps():
+    """How a single request uses the threads: the Cython batch-1 LSTM steps on OpenMP threads, or one thread."""
+    if get_backend().name != "cython":
+        return "one thread (the Cython backend shares batch-1 LSTM steps among threads)"
+    from ._kernels import lstm_cy
+    if not lstm_cy.OPENMP:
+        return "one thread (extension built without OpenMP)"
+    return "OpenMP (batch-1 LSTM inference with H >= 96, streaming LSTM steps of >= 2 MiB weights)"
+
+
 def info(print_=False):
     """What fastlstm runs on: version, backend ("auto" resolution), whether the Cython extension is built,
     BLAS libraries and threads, CPU features. Returns a dict; prints it when `print_` is true."""
@@ -94,6 +104,7 @@ def info(print_=False):
         "cython_extension": "built" if _kernels.cython_built() else "not built (Numba fallback; `pip install .` builds it)",
         "available_backends": _kernels.available(),
         "threads": config.NUM_THREADS,
+        "threaded_steps": _threaded_steps(),
         "blas": _blas_info(),
         "cpu": model,
         "cpu_features": feats,

@@ -63,8 +63,10 @@ cdef extern from *:
         fl_omp_used = 1;
         return nt;
     }
+    #define FL_OPENMP 1
     #else
     static int fl_team(int nt) { (void)nt; return 1; }
+    #define FL_OPENMP 0
     #endif
 
     /* y (N) += x (K) @ W (fl_gemv_packed64's panels) with the panels shared among nt threads (OpenMP; else one
@@ -301,6 +303,7 @@ cdef extern from *:
     """
     void fl_lstm_units_step(int K, const float* a, const float* Wu, const float* zx, const float* c_prev,
                             float* c_out, float* h_out, int H, int back, int q0, int q1) noexcept nogil
+    int FL_OPENMP
     void fl_gemv_packed64_threads(int nt, int K, int N, const float* x, const float* Wp, float* y,
                                   int back) noexcept nogil
     void fl_lstm_units_forward(int nt, int T, int I, int H, const float* x, const float* wx_packed, const float* b,
@@ -322,8 +325,10 @@ cdef enum:
     WG_CHUNK_ROWS = 512     # rows per chunk of the merged weight-gradient GEMM (_weight_grads_merged)
     STEP_INPUT_MAX_FLOATS = 1 << 19     # w_x up to 2 MiB: the input product step by step (_input_rows)
 
-# the two thread thresholds above, readable from Python (tests)
+# the two thread thresholds above, readable from Python (tests); whether the module was built with OpenMP (else the
+# threaded paths run on one thread)
 THREAD_THRESHOLDS = {"units_min_h": UNITS_THREADS_MIN_H, "stepper_min_floats": STEPPER_THREADS_MIN_FLOATS}
+OPENMP = bool(FL_OPENMP)
 
 
 # ---------------------------------------------------------------------------------------------------------
