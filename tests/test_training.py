@@ -516,3 +516,68 @@ def test_train_on_batch_and_compile_objects(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m.test_on_batch(x, y)
+
+
+# ---- training on several threads ----------------------------------------------------------------------------
+@pytest.mark.parametrize("make, opts", [
+    (lambda: L.LSTM(12, return_sequences=True, return_state=True), dict(mask=True, init=True)),
+    (lambda: L.LSTM(12, go_backwards=True, dropout=0.2), dict()),
+    (lambda: L.GRU(12, return_sequences=True), dict(mask=True)),
+    (lambda: L.GRU(12, reset_after=False, return_state=True), dict(init=True)),
+    (lambda: L.Bidirectional(L.LSTM(6, return_sequences=True)), dict(mask=True)),
+], ids=["lstm_seq_state_mask", "lstm_backwards_dropout", "gru_seq_mask", "gru_before_state", "bilstm"])
+def test_training_row_shares_on_threads_equal_one_thread(rng, make, opts):
+    """With 2 kernel threads and at least TRAIN_MIN_ROWS_PER_THREAD rows per thread, an LSTM/GRU training forward
+    and backward run on shares of the batch rows in parallel (each share its own workspace, the weight gradients
+    summed): outputs, input and initial-state gradients equal one thread's; the weight gradients too, up to the
+    order of the sum over rows."""
+    from fastlstm import config
+    from fastlstm.layers import recurrent
+    B, T, I = 4 * recurrent.TRAIN_MIN_ROWS_PER_THREAD - 3, 9, 5          # uneven shares
+    x = rng.normal(size=(B, T, I)).astype(np.float32)
+    mask = rng.random((B, T)) < 0.8 if opts.get("mask") else None
+    results, saved = [], config.NUM_THREADS
+    try:
+        for threads in (1, 2):
+            config.NUM_THREADS = threads
+            layer = make()
+            layer.build((None, T, I))
+            ws = results[0][0] if results else [(0.3 * rng.normal(size=w.shape)).astype(w.dtype)
+                                                  for w in layer.get_weights()]
+            layer.set_weights(ws)
+            inner = getattr(layer, "forward_layer", layer)
+            n_states = inner.n_states if not isinstance(layer, L.Bidirectional) else 0
+            init = [rng.normal(size=(B, 12)).astype(np.float32) for _ in range(n_states)] if opts.get("init") else None
+            init = results[0][4] if results and init is not None else init
+            for leaf in recurrent_leaves(layer):
+                leaf.grads = [np.zeros_like(w) for w in leaf._weights]
+            kw = dict(mask=mask, training=True, rng=np.random.default_rng(3))
+            if init is not None:
+                kw["initial_state"] = init
+            out, ctx = layer.forward(x, **kw)
+            shares = [c.get("shares") for c in _rnn_ctxs(ctx)]
+            assert all((s is not None) == (threads == 2) for s in shares)
+            outs = out if isinstance(out, list) else [out]
+            d_out = results[0][6] if results else [np.asarray(rng.normal(size=o.shape), np.float32) for o in outs]
+            dx = layer.backward(ctx, d_out if isinstance(out, list) else d_out[0])
+            grads = [g.copy() for leaf in recurrent_leaves(layer) for g in leaf.grads]
+            results.append((ws, outs, dx, grads, init, ctx.get("d_initial_state"), d_out))
+    finally:
+        config.NUM_THREADS = saved
+    (_, o1, dx1, g1, _, di1, _), (_, o2, dx2, g2, _, di2, _) = results
+    for a, b in zip(o1, o2):
+        npt.assert_array_equal(a, b)
+    npt.assert_array_equal(dx1, dx2)
+    if di1 is not None:
+        for a, b in zip(di1, di2):
+            npt.assert_array_equal(a, b)
+    for a, b in zip(g1, g2):      # float32 sums over the rows in another order: error relative to the largest entry
+        npt.assert_allclose(a, b, rtol=1e-5, atol=2e-6 * max(1.0, float(np.abs(a).max())))
+
+
+def recurrent_leaves(layer):
+    return [layer.forward_layer, layer.backward_layer] if isinstance(layer, L.Bidirectional) else [layer]
+
+
+def _rnn_ctxs(ctx):
+    return [ctx["cf"], ctx["cb"]] if "cf" in ctx else [ctx]
