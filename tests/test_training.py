@@ -581,3 +581,34 @@ def recurrent_leaves(layer):
 
 def _rnn_ctxs(ctx):
     return [ctx["cf"], ctx["cb"]] if "cf" in ctx else [ctx]
+
+
+@pytest.mark.parametrize("cell", [L.LSTM, L.GRU])
+def test_training_row_shares_with_projected_tokens(rng, cell, monkeypatch):
+    """Embedding -> LSTM/GRU (each distinct token projected once, the projected input copied into the shares):
+    one optimizer step on 2 threads gives one thread's weights, up to float32 sums in another order."""
+    from fastlstm import config
+    from fastlstm.layers import recurrent
+    used = []
+    real = recurrent.RNN._forward_shares
+    monkeypatch.setattr(recurrent.RNN, "_forward_shares", lambda self, *a: used.append(a[-1] is not None)
+                        or real(self, *a))
+    ids = rng.integers(1, 12, size=(40, 15))          # few distinct ids: the projected path
+    y = rng.integers(0, 2, size=(40, 1)).astype(np.float32)
+    weights, saved = None, config.NUM_THREADS
+    after = []
+    try:
+        for threads in (1, 2):
+            config.NUM_THREADS = threads
+            m = fastlstm.Sequential([L.Embedding(12, 6), cell(10), L.Dense(1, activation="sigmoid")])
+            m.build((None, 15))
+            weights = weights or [(0.3 * rng.normal(size=w.shape)).astype(w.dtype) for w in m.get_weights()]
+            m.set_weights(weights)
+            m.compile(optimizer="adam", loss="binary_crossentropy")
+            m.train_on_batch(ids, y)
+            after.append(m.get_weights())
+    finally:
+        config.NUM_THREADS = saved
+    assert used == [True]                              # 2 threads: shares, with the projected input
+    for a, b in zip(*after):
+        npt.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -339,9 +339,9 @@ class RNN(Layer):
             x_tm, extra = np.ascontiguousarray(np.swapaxes(x, 0, 1), dtype=dtype), {}
         m = _mask_to_kernel(mask, B, T)
         states0 = self._initial_states(B, dtype, initial_state)
-        shares = self._row_shares(B) if training and proj is None else None
+        shares = self._row_shares(B) if training else None
         if shares is not None:
-            parts = self._forward_shares(shares, x_tm, states0, m, dtype, ws_key)
+            parts = self._forward_shares(shares, x_tm, states0, m, dtype, ws_key, None if proj is None else proj[0])
             final = [np.concatenate([c["final"][k] for c in parts]) for k in range(self.n_states)]
             y_tm, ws = np.concatenate([c["ws"]["y"] for c in parts], axis=1), None
         else:
@@ -361,15 +361,19 @@ class RNN(Layer):
         k = min(config.kernel_threads(), B // TRAIN_MIN_ROWS_PER_THREAD)
         return [(B * i // k, B * (i + 1) // k) for i in range(k)] if k > 1 else None
 
-    def _forward_shares(self, shares, x_tm, states0, m, dtype, ws_key):
+    def _forward_shares(self, shares, x_tm, states0, m, dtype, ws_key, z=None):
         """The training forward on each share of rows in its own thread and workspace; returns the shares'
-        contexts for _kernel_backward (their final states in "final")."""
+        contexts for _kernel_backward (their final states in "final"). z: the projected input (T, B, G) of a
+        projected-input forward (x_tm (T, B, 0)), copied into the shares' workspaces."""
         from ..model import _predict_pool
         T, _, I = x_tm.shape
         parts = [dict(x_tm=np.ascontiguousarray(x_tm[:, r0:r1]), states0=[s[r0:r1].copy() for s in states0],
                       m=np.ascontiguousarray(m[:, r0:r1]) if m.shape[0] else m, dtype=dtype, rows=(r0, r1),
                       ws=self._train_workspace((ws_key, i), T, r1 - r0, I, dtype))
                  for i, (r0, r1) in enumerate(shares)]
+        if z is not None:
+            for c in parts:
+                c["ws"]["z"][...] = z[:, c["rows"][0]:c["rows"][1]]
 
         def run(c):
             c["final"] = self._kernel_forward(c["x_tm"], c["states0"], c["m"], dtype, ws=c["ws"])[1]
@@ -394,6 +398,8 @@ class RNN(Layer):
             for g, gs in zip(self.grads, c.pop("grads")):
                 g += gs
         dx_tm = np.concatenate([d[0] for d in done], axis=1)
+        if "rows" in ctx:                 # projected input: _projected_backward reads dz of all rows
+            ctx["ws"] = dict(dz=np.concatenate([c["ws"]["dz"] for c in parts], axis=1))
         return dx_tm, [np.concatenate([d[1][k] for d in done]) for k in range(self.n_states)]
 
     def backward(self, ctx, d_out):
