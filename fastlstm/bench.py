@@ -247,11 +247,12 @@ def _run_kernel(bm, name, threads, backends, repeats, min_time, time_reference, 
         r = {"threads": n, "verify": {}, "peer_verify": {}, "times_s": {}}
         with threadpool_limits(n):
             runners = {}                  # verified, then timed together in alternating blocks
-            # fastlstm's parallelism is across batch rows (model.predict); its kernels run single-threaded
-            row_split = n > 1 and not training
+            # fastlstm's parallelism is across batch rows (model.predict, fit), one kernel call per share of rows
+            row_split = n > 1
             for be in _checked(backends, n, threads, time_reference):
                 try:
-                    kr = bm.RowSplitRun(be, cell, args, n) if row_split else bm.KernelRun(be, cell, args, training)
+                    kr = (bm.RowSplitRun(be, cell, args, n, training) if row_split
+                          else bm.KernelRun(be, cell, args, training))
                     d = r["verify"][be] = bm.verify_detail(kr.check_run(), ref)
                 except Exception as e:  # noqa: BLE001 - a backend that raises fails its check; the run goes on
                     d = r["verify"][be] = _raised(e)

@@ -165,7 +165,8 @@ def backward_args(cell, fwd, **given):
 class KernelRun:
     """One backend on one workload: preallocated arguments, `run()` = forward (+ backward when training)."""
 
-    def __init__(self, backend, cell, args, training, threads=1):
+    def __init__(self, backend, cell, args, training, threads=1, given=None):
+        """given: the backward's output gradients (dy, dhT, dcT) instead of backward_args' draws."""
         self.k = get_backend(backend)
         self.cell, self.training = cell, training
         self.fwd = copy_args(args)
@@ -180,7 +181,7 @@ class KernelRun:
         self.bwd = None
         if training:
             self._forward(*self._fvals, **self._fkw)
-            self.bwd = backward_args(cell, self.fwd)   # shares the forward's output arrays
+            self.bwd = backward_args(cell, self.fwd, **(given or {}))   # shares the forward's output arrays
             self._bvals = list(self.bwd.values())
 
     def run(self):
@@ -206,35 +207,47 @@ class KernelRun:
 
 
 # argument names by how a batch-row split cuts them (the rest, weights and options, are shared)
-_ROWS_AXIS1 = {"x", "z_ws", "hz_ws", "y_out", "mask"}          # (T, B, ...) and the (T, B) mask
-_ROWS_AXIS0 = {"h0", "c0", "hT_out", "cT_out"}                  # (B, H)
+_ROWS_AXIS1 = {"x", "z_ws", "hz_ws", "y_out", "mask", "gates_out", "cs_out", "dy", "dx_out"}  # (T, B, ...), (T, B)
+_ROWS_AXIS0 = {"h0", "c0", "hT_out", "cT_out", "dhT", "dcT", "dh0_out", "dc0_out"}      # (B, H)
+_ROWS_SUMMED = {"dw_x_out", "dw_h_out", "db_out", "db_x_out", "db_h_out", "dp_out"}       # sums over the rows
+
+
+def _rows(args, r0, r1):
+    """The arguments of batch rows r0:r1 (weights and options shared)."""
+    sl = OrderedDict()
+    for name, v in args.items():
+        if name in _ROWS_AXIS1 and isinstance(v, np.ndarray) and v.size:
+            v = np.ascontiguousarray(v[:, r0:r1])
+        elif name in _ROWS_AXIS0:
+            v = np.ascontiguousarray(v[r0:r1])
+        sl[name] = v
+    return sl
 
 
 class RowSplitRun:
-    """An inference workload on `threads` threads the way fastlstm runs one: model.predict splits the batch rows
-    into one slice per thread (model.PREDICT_MIN_ROWS_PER_THREAD rows at least), each slice a single-threaded
-    kernel call (the kernels release the GIL; BLAS stays at 1 thread); a batch too small to split is one kernel
-    call on `threads` threads (the batch-1 LSTM steps share each step's units). Outputs are gathered for
-    verification."""
+    """A workload on `threads` threads the way fastlstm runs one: model.predict splits the batch rows into one
+    slice per thread (model.PREDICT_MIN_ROWS_PER_THREAD rows at least), and so does a training step
+    (layers.recurrent.TRAIN_MIN_ROWS_PER_THREAD; forward and backward per slice, the weight gradients summed), each
+    slice a single-threaded kernel call (the kernels release the GIL; BLAS stays at 1 thread); a batch too small
+    to split is one kernel call on `threads` threads (the batch-1 LSTM steps share each step's units). Outputs
+    are gathered for verification."""
 
-    def __init__(self, backend, cell, args, threads):
+    def __init__(self, backend, cell, args, threads, training=False):
         from concurrent.futures import ThreadPoolExecutor
 
+        from .layers.recurrent import TRAIN_MIN_ROWS_PER_THREAD
         from .model import PREDICT_MIN_ROWS_PER_THREAD
         B = args["x"].shape[1]
-        k = max(1, min(threads, B // PREDICT_MIN_ROWS_PER_THREAD))
-        self.cell = cell
+        k = max(1, min(threads, B // (TRAIN_MIN_ROWS_PER_THREAD if training else PREDICT_MIN_ROWS_PER_THREAD)))
+        self.cell, self.training = cell, training
+        # training: the whole batch's output gradients (the draws KernelRun makes for it), sliced per part
+        grads = backward_args(cell, copy_args(args)) if training else {}
+        given = {n: grads[n] for n in ("dy", "dhT", "dcT") if n in grads}
         self.parts = []
         for i in range(k):
             r0, r1 = B * i // k, B * (i + 1) // k
-            sl = OrderedDict()
-            for name, v in args.items():
-                if name in _ROWS_AXIS1 and isinstance(v, np.ndarray) and v.size:
-                    v = np.ascontiguousarray(v[:, r0:r1])
-                elif name in _ROWS_AXIS0:
-                    v = np.ascontiguousarray(v[r0:r1])
-                sl[name] = v
-            self.parts.append(KernelRun(backend, cell, sl, False, threads if k == 1 else 1))
+            self.parts.append(KernelRun(backend, cell, _rows(args, r0, r1), training, threads if k == 1 else 1,
+                                        given=_rows(given, r0, r1) if training else None))
         self.pool = ThreadPoolExecutor(max_workers=k) if k > 1 else None
 
     def run(self):
@@ -244,12 +257,18 @@ class RowSplitRun:
             list(self.pool.map(KernelRun.run, self.parts))
 
     def check_run(self):
+        if self.training:
+            for p in self.parts:
+                for n in BWD_OUT[self.cell]:
+                    p.bwd[n][...] = 0
         self.run()
         return self.outputs()
 
     def outputs(self):
         outs = [p.outputs() for p in self.parts]
-        return {n: np.concatenate([o[n] for o in outs], axis=1 if n == "y_out" else 0) for n in FWD_OUT[self.cell]}
+        return {n: (sum(o[n] for o in outs) if n in _ROWS_SUMMED
+                    else np.concatenate([o[n] for o in outs], axis=1 if n in _ROWS_AXIS1 else 0))
+                for n in outs[0]}
 
 
 def _as64(args):

@@ -71,6 +71,20 @@ def test_every_cell_and_batch_verifies(tmp_path, workload):
     assert all(d["ok"] for d in run["verify"].values()) and set(res["backends"]) - {"reference"} <= set(run["times_s"])
 
 
+@pytest.mark.parametrize("workload", ["lstm_train_b19_t5_i8_h16", "gru_train_b19_t5_i8_h16", "lstm_b19_t5_i8_h16"])
+def test_two_threads_split_rows_and_verify(tmp_path, workload):
+    """At 2 threads the kernel workloads run the way fit and predict do, one kernel call per share of the batch
+    rows (uneven: 19 = 9 + 10); the gathered outputs, and for training the input gradients and the weight
+    gradients summed over the shares, pass the float64 reference."""
+    rc, res, _ = _bench(tmp_path, "--quick", "--workloads", workload, "--threads", "2", "--png", "")
+    (run,) = res["workloads"][0]["runs"]
+    assert rc == 0 and res["ok"], res["failures"]
+    assert run["threads"] == 2 and all(d["ok"] for d in run["verify"].values())
+    split = bm.RowSplitRun(_fast_backend(), workload.split("_")[0], bm.make_args(*bm.kernel_spec(workload)), 2,
+                           bm.kernel_spec(workload)[5])
+    assert [p.fwd["x"].shape[1] for p in split.parts] == [9, 10]
+
+
 def test_broken_kernel_fails_verification_and_is_not_timed(tmp_path, monkeypatch, capsys):
     be = _fast_backend()
     k = _kernels.get_backend(be)
