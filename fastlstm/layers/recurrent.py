@@ -2,9 +2,11 @@
 
 Public tensors are batch-first (batch, timesteps, features); the kernels are time-major. In inference the layers
 hand the kernels the batch-first arrays themselves (batch_major: the steps read and write rows with a stride, no
-transposed copies); training transposes once on the way in and once on the way out. Masking follows Keras (formats.md section 4): a masked step keeps
-the state; a masked step's sequence output repeats the previous output (zeros before the first valid step),
-or is zero when zero_output_for_mask is set (Bidirectional with return_sequences sets it).
+transposed copies); training transposes once on the way in and once on the way out, and with several kernel
+threads runs one share of the batch rows per thread (TRAIN_MIN_ROWS_PER_THREAD). Masking follows Keras
+(formats.md section 4): a masked step keeps the state; a masked step's sequence output repeats the previous
+output (zeros before the first valid step), or is zero when zero_output_for_mask is set (Bidirectional with
+return_sequences sets it).
 """
 import copy
 
