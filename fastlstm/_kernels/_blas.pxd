@@ -23,6 +23,8 @@ cdef void gemm(Trans ta, Trans tb, int m, int n, int k, floating alpha, const fl
 cdef void gemv(Trans ta, int m, int n, floating alpha, const floating* a, int lda, const floating* x,
                floating beta, floating* y) noexcept nogil
 
+cdef int kernel_team(int threads) noexcept nogil
+
 
 # Packed-weight float32 GEMM for the per-step recurrent products C += A @ W with a fixed W (the recurrent
 # weights): W is packed once per kernel call into 16-column panels, then every step runs a 6x16 AVX2/FMA

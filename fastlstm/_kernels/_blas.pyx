@@ -45,6 +45,30 @@ cdef void gemv(Trans ta, int m, int n, floating alpha, const floating* a, int ld
         dgemv(&t_f, &n, &m, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)
 
 
+cdef extern from *:
+    """
+    #include <pthread.h>
+    /* libgomp cannot run a parallel region in a child forked after the parent ran one (the child waits for a
+       thread team that did not survive the fork: multiprocessing's default start method, preforking servers).
+       The threaded kernels (lstm_cy, gru_cy) ask fl_team for their threads: such a child gets one. One flag for
+       the process: every module's teams come from the same libgomp. */
+    static int fl_team_used, fl_team_off;
+    static void fl_team_after_fork(void) { if (fl_team_used) fl_team_off = 1; }
+    __attribute__((constructor)) static void fl_team_watch_fork(void) { pthread_atfork(NULL, NULL, fl_team_after_fork); }
+    static int fl_team(int nt) {
+        if (nt <= 1 || fl_team_off) return 1;
+        fl_team_used = 1;
+        return nt;
+    }
+    """
+    int fl_team(int nt) noexcept nogil
+
+
+cdef int kernel_team(int threads) noexcept nogil:
+    """The threads a threaded kernel may start now: `threads`, or 1 in a process forked after a team ran."""
+    return fl_team(threads)
+
+
 def gemm_check(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     """c := alpha * op(a) @ op(b) + beta * c in place through the row-major wrapper (for tests only).
 

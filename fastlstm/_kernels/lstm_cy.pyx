@@ -43,29 +43,16 @@ from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
 from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACKED_MAX_ROWS, PACK_PANELS16,
                                       PACK_UNITS, ROWVEC_MIN_USES, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemv_packed64, gemm, matmul_acc, matmul_bias, pack_as, pack_kind,
-                                      pack_weights)
+                                      fl_gemv_packed64, gemm, kernel_team, matmul_acc, matmul_bias, pack_as,
+                                      pack_kind, pack_weights)
 
 cdef extern from *:
     """
     #include <string.h>
     #ifdef _OPENMP
     #include <omp.h>
-    #include <pthread.h>
-    /* libgomp cannot run a parallel region in a child forked after the parent ran one (the child waits for a
-       thread team that did not survive the fork: multiprocessing's default start method, preforking servers).
-       Such a child runs the kernels on one thread (fl_team), the same results. */
-    static int fl_omp_used, fl_omp_off;
-    static void fl_omp_after_fork(void) { if (fl_omp_used) fl_omp_off = 1; }
-    __attribute__((constructor)) static void fl_omp_watch_fork(void) { pthread_atfork(NULL, NULL, fl_omp_after_fork); }
-    static int fl_team(int nt) {
-        if (nt <= 1 || fl_omp_off) return 1;
-        fl_omp_used = 1;
-        return nt;
-    }
     #define FL_OPENMP 1
     #else
-    static int fl_team(int nt) { (void)nt; return 1; }
     #define FL_OPENMP 0
     #endif
 
@@ -73,7 +60,7 @@ cdef extern from *:
        thread), each share swept last to first when `back` */
     static void fl_gemv_packed64_threads(int nt, int K, int N, const float *x, const float *Wp, float *y, int back) {
         const int np = (N + 63) / 64;
-        nt = fl_team(nt);
+        (void)nt;
         #ifdef _OPENMP
         #pragma omp parallel num_threads(nt) if (nt > 1)
         #endif
@@ -174,7 +161,7 @@ cdef extern from *:
                                       const float *b, const float *Wu, const unsigned char *mask, int reverse,
                                       const float *h0, float *z, float *y, float *c) {
         const int G = 4 * H, nq = (H + 15) / 16;
-        nt = fl_team(nt);
+        (void)nt;
         #ifdef _OPENMP
         #pragma omp parallel num_threads(nt) if (nt > 1)
         #endif
@@ -526,7 +513,8 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
                 else:
                     matmul_bias(<int>T, <int>G, <int>I, x, <int>I, w_x, <int>G, False, NULL, b, z_ws, <int>G)
             _copy(cT, c0, H)
-            fl_lstm_units_forward(threads, <int>T, <int>I, <int>H, x, wx_packed if I > 0 else NULL, b, w_packed,
+            fl_lstm_units_forward(kernel_team(threads), <int>T, <int>I, <int>H, x, wx_packed if I > 0 else NULL, b,
+                                  w_packed,
                                   mask, reverse, h0, z_ws, y, cT)
             _copy(hT, y + _step(T - 1, T, reverse) * H, H)
             fl_free(w_own)
@@ -975,7 +963,8 @@ cdef class LSTMStepper(Stepper):
             _copy(self.z, self.b, 4 * H)
             if shared:
                 self.back = not self.back     # (alternating sweeps, as fl_gemv_packed64)
-                fl_gemv_packed64_threads(self.threads, K, N, self.xh, self.packed.data, self.z, self.back)
+                fl_gemv_packed64_threads(kernel_team(self.threads), K, N, self.xh, self.packed.data, self.z,
+                                         self.back)
             else:
                 fl_gemv_packed64(K, N, self.xh, self.packed.data, self.z)
             if self.fast:
