@@ -47,10 +47,11 @@ class OptionalBuildExt(build_ext):
 #   activation path follows acts.py operation by operation); the exp kernel uses explicit fmaf where it wants one.
 ARCH_FLAGS = os.environ.get("FASTLSTM_ARCH_FLAGS", "-march=native").split()
 COMPILE_ARGS = ["-O3", *ARCH_FLAGS, "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
-# -fopenmp (lstm_cy): the batch-1 LSTM steps on several threads (fl_lstm_units_forward, LSTMStepper); built again
+# -fopenmp (lstm_cy, gru_cy): the batch-1 steps on several threads (fl_lstm_units_forward, LSTMStepper,
+#   _gru_units_threads); built again
 #   without it when the compiler has no OpenMP, and FASTLSTM_OPENMP=0 leaves it out (one thread).
 OPENMP_FLAGS = ["-fopenmp"] if os.environ.get("FASTLSTM_OPENMP", "1") != "0" else []
-THREADED = {"lstm_cy"}
+THREADED = {"lstm_cy", "gru_cy"}
 
 extensions = [
     Extension(

@@ -83,13 +83,13 @@ def _cpu_features():
 
 
 def _threaded_steps():
-    """How a single request uses the threads: the Cython batch-1 LSTM steps on OpenMP threads, or one thread."""
+    """How a single request uses the threads: the Cython batch-1 steps on OpenMP threads, or one thread."""
     if get_backend().name != "cython":
-        return "one thread (the Cython backend shares batch-1 LSTM steps among threads)"
+        return "one thread (the Cython backend shares batch-1 steps among threads)"
     from ._kernels import lstm_cy
     if not lstm_cy.OPENMP:
         return "one thread (extension built without OpenMP)"
-    return "OpenMP (batch-1 LSTM inference with H >= 96, streaming LSTM steps of >= 2 MiB weights)"
+    return "OpenMP (batch-1 inference: LSTM with H >= 96, GRU with H >= 128; streaming LSTM steps of >= 2 MiB)"
 
 
 def info(print_=False):

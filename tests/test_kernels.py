@@ -375,6 +375,36 @@ def test_lstm_batch1_steps_on_threads_equal_one_thread(H, T, I, opts, threads):
     np.testing.assert_allclose(one["y_out"], ref["y_out"], **TOL[np.float32])
 
 
+@pytest.mark.parametrize("H", [128, 130, 200])
+@pytest.mark.parametrize("T, I", [(8, 5), (9, 0), (30, 64)], ids=["T8", "projected", "T30"])
+@pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_gru_batch1_steps_on_threads_equal_one_thread(H, T, I, opts, threads):
+    """threads > 1: a batch-1 float32 GRU inference (reset_after, default activations, H >= 128, T >= 8) shares
+    each step's product (64-column panels) and gate pass (units) among threads, two barriers per step
+    (gru_cy._gru_units_threads), more threads than panels included: bit-identical to one thread, with weights
+    packed per call and kept, and equal to the reference."""
+    if "cython" not in BACKENDS:
+        pytest.skip("the Cython extension is not built")
+    k = get_backend("cython")
+    from fastlstm._kernels import _blas, gru_cy
+    assert H >= gru_cy.THREAD_THRESHOLDS["units_min_h"]
+    args = gru_args(T, 1, max(I, 1), H, np.float32, np.random.default_rng(H + T), scale=0.2, **opts)
+    if I == 0:
+        args = _projected(args, "gru")
+    one = copy_args(args)
+    k.gru_forward(*one.values(), threads=1)
+    for packs in (None, _blas.WeightPacks(), "again"):
+        many = copy_args(args)
+        kept = kept if packs == "again" else packs
+        k.gru_forward(*many.values(), packs=kept, threads=threads)
+        for name in ("y_out", "hT_out"):
+            np.testing.assert_array_equal(many[name], one[name], err_msg=name)
+    ref = copy_args(args)
+    gru_ref.gru_forward(*ref.values())
+    np.testing.assert_allclose(one["y_out"], ref["y_out"], **TOL[np.float32])
+
+
 @pytest.mark.parametrize("H", [1, 5, 16, 17, 66, 128])
 @pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
 def test_lstm_batch1_unit_steps_equal_the_general_steps(H, opts):

@@ -99,12 +99,13 @@ def _predict_in_child(model, x, want, q):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is a POSIX call")
-def test_predict_in_a_child_forked_after_threaded_predict(rng, threads):
+@pytest.mark.parametrize("cell", [L.LSTM, L.GRU])
+def test_predict_in_a_child_forked_after_threaded_predict(rng, threads, cell):
     """A process forked after the parent ran the threaded batch-1 steps (multiprocessing's default start method
     on Linux, preforking servers) predicts too, on one thread, the same numbers: libgomp's thread team does not
     survive a fork, and entering a parallel region in the child would wait forever."""
     import multiprocessing
-    m = fastlstm.Sequential([fastlstm.Input((None, 16)), L.LSTM(128)])
+    m = fastlstm.Sequential([fastlstm.Input((None, 16)), cell(128)])
     x = rng.normal(size=(1, 50, 16)).astype(np.float32)
     fastlstm.set_num_threads(2)
     want = m.predict(x)                         # the parent's team exists from here on

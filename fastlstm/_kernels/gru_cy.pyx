@@ -27,11 +27,40 @@ from cython cimport floating
 from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_grad, clip_inplace,
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
-from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemv_packed64, gemm, matmul_acc, matmul_bias, pack_weights)
+from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, PACK_ROW64, TRANS, Packed64, Stepper, WeightPacks,
+                                      fl_free, fl_gemv_packed64, fl_gemv_packed64_panels, gemm, kernel_team,
+                                      matmul_acc, matmul_bias, pack_kind, pack_weights)
+from cython.parallel cimport parallel
 
 cdef enum:
     CH = 64          # columns per chunk in the gate passes (their stack buffers)
+    # batch-1 steps on several threads from this many units on: two barriers per step (after the product, after
+    # the gate pass) cost more below (2 threads, T = 100, I = H: H = 96 230 -> 258 us, 128: 373 -> 334 us,
+    # 256: 1536 -> 1010 us, 512: 6.0 -> 4.0 ms)
+    UNITS_THREADS_MIN_H = 128
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fl_thread_num(void) { return omp_get_thread_num(); }
+    static int fl_num_threads(void) { return omp_get_num_threads(); }
+    static void fl_barrier(void) {
+        #pragma omp barrier
+    }
+    #else
+    static int fl_thread_num(void) { return 0; }
+    static int fl_num_threads(void) { return 1; }
+    static void fl_barrier(void) { }
+    #endif
+    """
+    int fl_thread_num() noexcept nogil
+    int fl_num_threads() noexcept nogil
+    void fl_barrier() noexcept nogil
+
+
+# the thread threshold above, readable from Python (tests)
+THREAD_THRESHOLDS = {"units_min_h": UNITS_THREADS_MIN_H}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -40,31 +69,34 @@ cdef enum:
 # ---------------------------------------------------------------------------------------------------------
 
 cdef void _fwd_row_fast(floating* zx, const floating* hh, const floating* h_prev, floating* h_out,
-                        floating* gates, Py_ssize_t H) noexcept nogil:
-    """reset_after, sigmoid / tanh, no clip; gates may be NULL."""
+                        floating* gates, Py_ssize_t H, Py_ssize_t S=-1) noexcept nogil:
+    """reset_after, sigmoid / tanh, no clip; gates may be NULL. H units; S: the gate blocks' stride in zx, hh
+    and gates (default H; a larger one when the pass covers a part of the units)."""
     # results go to stack buffers first so that gcc vectorises without run-time alias checks
     cdef floating zb[3][CH]
     cdef floating ab[3][CH]
     cdef floating hb[CH]
     cdef floating one = 1
     cdef Py_ssize_t ck, j0, j, n, q
+    if S < 0:
+        S = H
     for ck in range((H + CH - 1) // CH):
         j0 = ck * CH
         n = H - j0 if H - j0 < CH else CH
         # z = sigmoid(xz + hz);  r = sigmoid(xr + hr);  n = tanh(xn + r * hn);  h = z * h_prev + (1 - z) * n
         for j in range(n):
             zb[0][j] = zx[j0 + j] + hh[j0 + j]
-            zb[1][j] = zx[H + j0 + j] + hh[H + j0 + j]
+            zb[1][j] = zx[S + j0 + j] + hh[S + j0 + j]
             ab[0][j] = sigmoid_fast(zb[0][j])
             ab[1][j] = sigmoid_fast(zb[1][j])
-            zb[2][j] = zx[2 * H + j0 + j] + ab[1][j] * hh[2 * H + j0 + j]
+            zb[2][j] = zx[2 * S + j0 + j] + ab[1][j] * hh[2 * S + j0 + j]
             ab[2][j] = tanh_fast(zb[2][j])
             hb[j] = ab[0][j] * h_prev[j0 + j] + (one - ab[0][j]) * ab[2][j]
         _copy(h_out + j0, hb, n)
         for q in range(3):
-            _copy(zx + q * H + j0, zb[q], n)
+            _copy(zx + q * S + j0, zb[q], n)
             if gates != NULL:
-                _copy(gates + q * H + j0, ab[q], n)
+                _copy(gates + q * S + j0, ab[q], n)
 
 
 cdef void _fwd_row_after(floating* zx, const floating* hh, const floating* h_prev, floating* h_out,
@@ -150,12 +182,52 @@ cdef void _fwd_row_before_n(floating* zn, const floating* z_keep, const floating
             _copy(n_keep + j0, an, n)
 
 
+cdef void _gru_units_threads(int nt, const float* b_h, const float* wp_a, const float* h0,
+                             const unsigned char* mask, bint reverse, float* z_ws, float* hz_ws, float* y,
+                             Py_ssize_t T, Py_ssize_t H) noexcept nogil:
+    """The batch-1 inference steps (reset_after, default gates) on nt OpenMP threads, z_ws = x @ w_x + b_x
+    given: per step each thread computes its share of hz = b_h + h_prev @ w_h (64-column panels of wp_a), a
+    barrier, the gate pass of its share of the units, a barrier (the next step needs all of h). The same
+    arithmetic as one thread, bit for bit."""
+    with parallel(num_threads=nt):
+        _gru_units_share(fl_thread_num(), fl_num_threads(), b_h, wp_a, h0, mask, reverse, z_ws, hz_ws, y, T, H)
+
+
+cdef void _gru_units_share(int tid, int n, const float* b_h, const float* wp_a, const float* h0,
+                           const unsigned char* mask, bint reverse, float* z_ws, float* hz_ws, float* y,
+                           Py_ssize_t T, Py_ssize_t H) noexcept nogil:
+    """Thread tid of n in _gru_units_threads: panels and units by equal shares (units in multiples of 8)."""
+    cdef Py_ssize_t G = 3 * H, k, t, np = (G + 63) // 64
+    cdef Py_ssize_t c0 = min(64 * (np * tid // n), G), c1 = min(64 * (np * (tid + 1) // n), G)
+    cdef Py_ssize_t u0 = (H * tid // n) // 8 * 8, u1 = H if tid == n - 1 else (H * (tid + 1) // n) // 8 * 8
+    cdef const float *h_prev = h0
+    cdef float *hzt
+    cdef float *yt
+    for k in range(T):
+        t = _step(k, T, reverse)
+        hzt = hz_ws + t * G
+        yt = y + t * H
+        if c1 > c0:
+            # hz[c0:c1] = b_h[c0:c1] + h_prev @ w_h[:, c0:c1]
+            _copy(hzt + c0, b_h + c0, c1 - c0)
+            fl_gemv_packed64_panels(<int>H, <int>G, h_prev, wp_a, hzt, <int>(c0 // 64), <int>((c1 + 63) // 64),
+                                    <int>(k & 1))
+        fl_barrier()
+        if u1 > u0:
+            if mask == NULL or mask[t] != 0:
+                _fwd_row_fast(z_ws + t * G + u0, hzt + u0, h_prev + u0, yt + u0, <float*>NULL, u1 - u0, H)
+            else:
+                _copy(yt + u0, h_prev + u0, u1 - u0)       # a masked step keeps the state
+        h_prev = yt
+        fl_barrier()
+
+
 cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w_h, const floating* b_x,
                        const floating* b_h, const floating* h0, const unsigned char* mask, const int* codes,
                        const double* ab, floating clip, bint reset_after, bint reverse, floating* z_ws,
                        floating* hz_ws, floating* y, floating* hT, floating* gates_out, Py_ssize_t T,
                        Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const float* wa_kept, const float* wn_kept,
-                       const float* wx_kept, bint batch_major) noexcept nogil:
+                       const float* wx_kept, bint batch_major, int threads) noexcept nogil:
     """wa_kept, wn_kept, wx_kept: wp_a, wp_n and w_x packed as this call would pack them (pack_weights), copies a
     WeightPacks keeps (see gru_forward); or NULL: packed here when that pays, and freed on return. batch_major:
     x, z_ws and y are (B, T, .) instead of (T, B, .) (inference only): the steps read and write their rows with a
@@ -200,6 +272,16 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
         matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False,
                    wx_kept if wx_kept != NULL else wx_own, z_ws, <int>G)
         fl_free(wx_own)
+    if floating is float:
+        if (B == 1 and threads > 1 and H >= UNITS_THREADS_MIN_H and not training and reset_after and fast
+                and wp_a != NULL and pack_kind(B, T) == PACK_ROW64):
+            threads = kernel_team(threads)
+            if threads > 1:
+                _gru_units_threads(threads, b_h, wp_a, h0, mask, reverse, z_ws, hz_ws, y, T, H)
+                _copy(hT, y + _step(T - 1, T, reverse) * H, H)
+                fl_free(wa_own)
+                fl_free(wn_own)
+                return
     for k in range(T):
         t = _step(k, T, reverse)
         zt = z_ws + t * szt
@@ -262,7 +344,8 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const f
     packs: a _blas.WeightPacks that keeps the packed w_h and w_x across calls with these same weight arrays
     (their values unchanged), or None: packed per call
     batch_major: x (B, T, I), z_ws (B, T, 3H) and y_out (B, T, H) instead (inference only)
-    threads: accepted for the common call (kernel_kw); the GRU steps run on one thread
+    threads: at most this many threads (batch-1 float32 inference with reset_after, the default gates and at
+    least UNITS_THREADS_MIN_H units; else one)
     """
     cdef Py_ssize_t T = x.shape[1 if batch_major else 0], B = x.shape[0 if batch_major else 1]
     cdef Py_ssize_t I = x.shape[2], H = w_h.shape[0], G = 3 * H
@@ -284,7 +367,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x, const f
         _gru_forward(&x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &b_x[0], &b_h[0], &h0[0, 0], m_ptr, &act_codes[0],
                      &act_ab[0, 0], <floating>clip, reset_after, reverse, &z_ws[0, 0, 0], &hz_ws[0, 0, 0],
                      &y_out[0, 0, 0], &hT_out[0, 0], g_ptr, T, B, I, H, wa_kept, wn_kept, wx_kept,
-                     batch_major)
+                     batch_major, max(1, threads))
 
 
 # ---------------------------------------------------------------------------------------------------------
