@@ -344,64 +344,44 @@ def test_batch_major_refuses_training(backend, cell):
         (k.lstm_forward if cell == "lstm" else k.gru_forward)(*_batch_major(args).values(), batch_major=True)
 
 
-@pytest.mark.parametrize("H", [96, 100, 128, 200])
+@pytest.mark.parametrize("cell, H", [("lstm", 96), ("lstm", 100), ("lstm", 128), ("lstm", 200),
+                                     ("gru", 128), ("gru", 130), ("gru", 200)])
 @pytest.mark.parametrize("T, I", [(8, 5), (9, 0), (30, 64)], ids=["T8", "projected", "T30"])
 @pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
 @pytest.mark.parametrize("threads", [2, 3, 16])
-def test_lstm_batch1_steps_on_threads_equal_one_thread(H, T, I, opts, threads):
-    """threads > 1: a batch-1 float32 inference (T >= 8, default activations, H >= 96) runs its steps on several
-    threads (lstm_cy.fl_lstm_units_forward: row shares of the input product, panel shares of each step, a barrier
-    between steps), more threads than panels included (16 > ceil(96 / 16)). Bit-identical to one thread, with
-    weights packed per call and kept (WeightPacks), and equal to the reference."""
+def test_batch1_steps_on_threads_equal_one_thread(cell, H, T, I, opts, threads):
+    """threads > 1: a batch-1 float32 inference with the default activations (T >= 8) runs its steps on several
+    threads: the LSTM from H = 96 on (lstm_cy.fl_lstm_units_forward: row shares of the input product, panel
+    shares of each step, a barrier between steps), the GRU (reset_after) from H = 128 on (gru_cy._gru_units_threads:
+    panel shares of each step's product, unit shares of its gate pass, two barriers). More threads than panels
+    included (16). Bit-identical to one thread, with weights packed per call and kept (WeightPacks), and equal
+    to the reference."""
     if "cython" not in BACKENDS:
         pytest.skip("the Cython extension is not built")
     k = get_backend("cython")
-    from fastlstm._kernels import _blas
-    args = lstm_args(T, 1, max(I, 1), H, np.float32, np.random.default_rng(H + T), **opts)
-    for name in ("x", "h0", "c0"):
-        args[name] *= 3
+    from fastlstm._kernels import _blas, gru_cy, lstm_cy
+    mod, make, ref_mod = (lstm_cy, lstm_args, lstm_ref) if cell == "lstm" else (gru_cy, gru_args, gru_ref)
+    assert H >= mod.THREAD_THRESHOLDS["units_min_h"]
+    # LSTM: inputs that reach the saturated ends of sigmoid and tanh; GRU: milder (30 steps of float32 sums)
+    args = make(T, 1, max(I, 1), H, np.float32, np.random.default_rng(H + T), scale=0.5 if cell == "lstm" else 0.2,
+                **opts)
+    if cell == "lstm":
+        for name in ("x", "h0", "c0"):
+            args[name] *= 3
     if I == 0:
-        args = _projected(args, "lstm")
+        args = _projected(args, cell)
+    forward = getattr(k, f"{cell}_forward")
+    outs = LSTM_FWD_OUT[:3] if cell == "lstm" else GRU_FWD_OUT[:2]
     one = copy_args(args)
-    k.lstm_forward(*one.values(), threads=1)
+    forward(*one.values(), threads=1)
     for packs in (None, _blas.WeightPacks(), "again"):
         many = copy_args(args)
         kept = kept if packs == "again" else packs
-        k.lstm_forward(*many.values(), packs=kept, threads=threads)
-        for name in ("y_out", "hT_out", "cT_out"):
+        forward(*many.values(), packs=kept, threads=threads)
+        for name in outs:
             np.testing.assert_array_equal(many[name], one[name], err_msg=name)
     ref = copy_args(args)
-    lstm_ref.lstm_forward(*ref.values())
-    np.testing.assert_allclose(one["y_out"], ref["y_out"], **TOL[np.float32])
-
-
-@pytest.mark.parametrize("H", [128, 130, 200])
-@pytest.mark.parametrize("T, I", [(8, 5), (9, 0), (30, 64)], ids=["T8", "projected", "T30"])
-@pytest.mark.parametrize("opts", [{}, dict(mask="random", reverse=True)], ids=["plain", "mask_reverse"])
-@pytest.mark.parametrize("threads", [2, 3, 16])
-def test_gru_batch1_steps_on_threads_equal_one_thread(H, T, I, opts, threads):
-    """threads > 1: a batch-1 float32 GRU inference (reset_after, default activations, H >= 128, T >= 8) shares
-    each step's product (64-column panels) and gate pass (units) among threads, two barriers per step
-    (gru_cy._gru_units_threads), more threads than panels included: bit-identical to one thread, with weights
-    packed per call and kept, and equal to the reference."""
-    if "cython" not in BACKENDS:
-        pytest.skip("the Cython extension is not built")
-    k = get_backend("cython")
-    from fastlstm._kernels import _blas, gru_cy
-    assert H >= gru_cy.THREAD_THRESHOLDS["units_min_h"]
-    args = gru_args(T, 1, max(I, 1), H, np.float32, np.random.default_rng(H + T), scale=0.2, **opts)
-    if I == 0:
-        args = _projected(args, "gru")
-    one = copy_args(args)
-    k.gru_forward(*one.values(), threads=1)
-    for packs in (None, _blas.WeightPacks(), "again"):
-        many = copy_args(args)
-        kept = kept if packs == "again" else packs
-        k.gru_forward(*many.values(), packs=kept, threads=threads)
-        for name in ("y_out", "hT_out"):
-            np.testing.assert_array_equal(many[name], one[name], err_msg=name)
-    ref = copy_args(args)
-    gru_ref.gru_forward(*ref.values())
+    getattr(ref_mod, f"{cell}_forward")(*ref.values())
     np.testing.assert_allclose(one["y_out"], ref["y_out"], **TOL[np.float32])
 
 
