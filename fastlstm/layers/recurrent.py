@@ -380,7 +380,7 @@ class RNN(Layer):
         def run(c):
             c["final"] = self._kernel_forward(c["x_tm"], c["states0"], c["m"], dtype, ws=c["ws"])[1]
 
-        list(_predict_pool(len(parts)).map(run, parts))
+        list(_predict_pool(config.NUM_THREADS).map(run, parts))
         return parts
 
     def _backward_shares(self, ctx, dy, dfinal):
@@ -395,7 +395,7 @@ class RNN(Layer):
             r0, r1 = c["rows"]
             return self._kernel_backward(c, np.ascontiguousarray(dy[:, r0:r1]), [d[r0:r1].copy() for d in dfinal])
 
-        done = list(_predict_pool(len(parts)).map(run, parts))
+        done = list(_predict_pool(config.NUM_THREADS).map(run, parts))
         for c in parts[1:]:
             for g, gs in zip(self.grads, c.pop("grads")):
                 g += gs
