@@ -25,6 +25,30 @@ cdef void gemv(Trans ta, int m, int n, floating alpha, const floating* a, int ld
 
 cdef int kernel_team(int threads) noexcept nogil
 
+# Inside an OpenMP parallel region of a threaded kernel (lstm_cy, gru_cy; built with -fopenmp): this thread's
+# number, the team's size, a barrier. Compiled without OpenMP (any module that includes this), a team of one.
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FL_OPENMP 1
+    static inline int fl_thread_num(void) { return omp_get_thread_num(); }
+    static inline int fl_num_threads(void) { return omp_get_num_threads(); }
+    static inline void fl_barrier(void) {
+        #pragma omp barrier
+    }
+    #else
+    #define FL_OPENMP 0
+    static inline int fl_thread_num(void) { return 0; }
+    static inline int fl_num_threads(void) { return 1; }
+    static inline void fl_barrier(void) { }
+    #endif
+    """
+    int FL_OPENMP
+    int fl_thread_num() noexcept nogil
+    int fl_num_threads() noexcept nogil
+    void fl_barrier() noexcept nogil
+
 
 # Packed-weight float32 GEMM for the per-step recurrent products C += A @ W with a fixed W (the recurrent
 # weights): W is packed once per kernel call into 16-column panels, then every step runs a 6x16 AVX2/FMA

@@ -28,8 +28,9 @@ from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._blas cimport (GEMV_MAX_ROWS, NO_TRANS, PACK_ROW64, TRANS, Packed64, Stepper, WeightPacks,
-                                      fl_free, fl_gemv_packed64, fl_gemv_packed64_panels, gemm, kernel_team,
-                                      matmul_acc, matmul_bias, pack_kind, pack_weights)
+                                      fl_barrier, fl_free, fl_gemv_packed64, fl_gemv_packed64_panels,
+                                      fl_num_threads, fl_thread_num, gemm, kernel_team, matmul_acc, matmul_bias,
+                                      pack_kind, pack_weights)
 from cython.parallel cimport parallel
 
 cdef enum:
@@ -38,25 +39,6 @@ cdef enum:
     # the gate pass) cost more below (2 threads, T = 100, I = H: H = 96 230 -> 258 us, 128: 373 -> 334 us,
     # 256: 1536 -> 1010 us, 512: 6.0 -> 4.0 ms)
     UNITS_THREADS_MIN_H = 128
-
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int fl_thread_num(void) { return omp_get_thread_num(); }
-    static int fl_num_threads(void) { return omp_get_num_threads(); }
-    static void fl_barrier(void) {
-        #pragma omp barrier
-    }
-    #else
-    static int fl_thread_num(void) { return 0; }
-    static int fl_num_threads(void) { return 1; }
-    static void fl_barrier(void) { }
-    #endif
-    """
-    int fl_thread_num() noexcept nogil
-    int fl_num_threads() noexcept nogil
-    void fl_barrier() noexcept nogil
 
 
 # the thread threshold above, readable from Python (tests)
@@ -272,17 +254,14 @@ cdef void _gru_forward(const floating* x, const floating* w_x, const floating* w
         matmul_acc(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False,
                    wx_kept if wx_kept != NULL else wx_own, z_ws, <int>G)
         fl_free(wx_own)
+    # batch-1 inference steps on several threads (_gru_units_threads runs them all)
+    cdef bint shared = (floating is float and B == 1 and threads > 1 and H >= UNITS_THREADS_MIN_H and not training
+                        and reset_after and fast and wp_a != NULL and pack_kind(B, T) == PACK_ROW64)
     if floating is float:
-        if (B == 1 and threads > 1 and H >= UNITS_THREADS_MIN_H and not training and reset_after and fast
-                and wp_a != NULL and pack_kind(B, T) == PACK_ROW64):
-            threads = kernel_team(threads)
-            if threads > 1:
-                _gru_units_threads(threads, b_h, wp_a, h0, mask, reverse, z_ws, hz_ws, y, T, H)
-                _copy(hT, y + _step(T - 1, T, reverse) * H, H)
-                fl_free(wa_own)
-                fl_free(wn_own)
-                return
-    for k in range(T):
+        if shared:
+            _gru_units_threads(kernel_team(threads), b_h, wp_a, h0, mask, reverse, z_ws, hz_ws, y, T, H)
+            h_prev = y + _step(T - 1, T, reverse) * H
+    for k in range(0 if shared else T):           # (shared: the steps ran above)
         t = _step(k, T, reverse)
         zt = z_ws + t * szt
         hzt = hz_ws + t * B * G

@@ -41,20 +41,14 @@ from fastlstm._kernels._act cimport (SIGMOID, TANH, apply_act, apply_dact, clip_
                                      sigmoid_fast, tanh_fast)
 from fastlstm._kernels._steps cimport _add, _copy, _step
 from fastlstm._kernels._vecact cimport FL_VECACT
-from fastlstm._kernels._blas cimport (FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACKED_MAX_ROWS, PACK_PANELS16,
-                                      PACK_UNITS, ROWVEC_MIN_USES, TRANS, Packed64, Stepper, WeightPacks, fl_free,
-                                      fl_gemv_packed64, gemm, kernel_team, matmul_acc, matmul_bias, pack_as,
-                                      pack_kind, pack_weights)
+from fastlstm._kernels._blas cimport (FL_OPENMP, FL_PACKED_GEMM, GEMV_MAX_ROWS, NO_TRANS, PACKED_MAX_ROWS,
+                                      PACK_PANELS16, PACK_UNITS, ROWVEC_MIN_USES, TRANS, Packed64, Stepper,
+                                      WeightPacks, fl_free, fl_gemv_packed64, gemm, kernel_team, matmul_acc,
+                                      matmul_bias, pack_as, pack_kind, pack_weights)
 
 cdef extern from *:
     """
     #include <string.h>
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define FL_OPENMP 1
-    #else
-    #define FL_OPENMP 0
-    #endif
 
     /* y (N) += x (K) @ W (fl_gemv_packed64's panels) with the panels shared among nt threads (OpenMP; else one
        thread), each share swept last to first when `back` */
@@ -65,11 +59,7 @@ cdef extern from *:
         #pragma omp parallel num_threads(nt) if (nt > 1)
         #endif
         {
-            #ifdef _OPENMP
-            const int tid = omp_get_thread_num(), n = omp_get_num_threads();
-            #else
-            const int tid = 0, n = 1;
-            #endif
+            const int tid = fl_thread_num(), n = fl_num_threads();
             fl_gemv_packed64_panels(K, N, x, Wp, y, np * tid / n, np * (tid + 1) / n, back);
         }
     }
@@ -166,19 +156,13 @@ cdef extern from *:
         #pragma omp parallel num_threads(nt) if (nt > 1)
         #endif
         {
-            #ifdef _OPENMP
-            const int tid = omp_get_thread_num(), n = omp_get_num_threads();
-            #else
-            const int tid = 0, n = 1;
-            #endif
+            const int tid = fl_thread_num(), n = fl_num_threads();
             int r0 = T * tid / n, r1 = T * (tid + 1) / n, q0 = nq * tid / n, q1 = nq * (tid + 1) / n;
             int u0 = 16 * q0, u1 = 16 * q1 < H ? 16 * q1 : H;
             const float *h_prev = h0;
             if (wx_packed != NULL && r1 > r0)
                 fl_gemm_packed_bias(r1 - r0, G, I, x + (size_t)r0 * I, I, wx_packed, z + (size_t)r0 * G, G, b);
-            #ifdef _OPENMP
-            #pragma omp barrier
-            #endif
+            fl_barrier();
             for (int k = 0; k < T; k++) {
                 int t = reverse ? T - 1 - k : k;
                 float *yt = y + (size_t)t * H;
@@ -187,9 +171,7 @@ cdef extern from *:
                 else if (u1 > u0)       /* a masked step keeps the state */
                     memcpy(yt + u0, h_prev + u0, (size_t)(u1 - u0) * sizeof(float));
                 h_prev = yt;
-                #ifdef _OPENMP
-                #pragma omp barrier
-                #endif
+                fl_barrier();
             }
         }
     }
@@ -290,7 +272,6 @@ cdef extern from *:
     """
     void fl_lstm_units_step(int K, const float* a, const float* Wu, const float* zx, const float* c_prev,
                             float* c_out, float* h_out, int H, int back, int q0, int q1) noexcept nogil
-    int FL_OPENMP
     void fl_gemv_packed64_threads(int nt, int K, int N, const float* x, const float* Wp, float* y,
                                   int back) noexcept nogil
     void fl_lstm_units_forward(int nt, int T, int I, int H, const float* x, const float* wx_packed, const float* b,
@@ -503,38 +484,30 @@ cdef void _lstm_forward(const floating* x, const floating* w_x, const floating* 
         wx_own = pack_weights(<int>I, <int>G, w_x, <int>G, False, x_rows, T if step_input else 2)
         wx_packed = wx_own
     step_input = step_input and wx_packed != NULL
-    if floating is float:
-        if units and threads > 1 and H >= UNITS_THREADS_MIN_H:
-            # the batch-1 steps on several threads, the input product included (z_ws = b + x @ w_x by row shares)
-            if I == 0 or wx_packed == NULL:
-                if I == 0:
-                    for r in range(T):
-                        _add(z_ws + r * G, b, G)
-                else:
-                    matmul_bias(<int>T, <int>G, <int>I, x, <int>I, w_x, <int>G, False, NULL, b, z_ws, <int>G)
-            _copy(cT, c0, H)
-            fl_lstm_units_forward(kernel_team(threads), <int>T, <int>I, <int>H, x, wx_packed if I > 0 else NULL, b,
-                                  w_packed,
-                                  mask, reverse, h0, z_ws, y, cT)
-            _copy(hT, y + _step(T - 1, T, reverse) * H, H)
-            fl_free(w_own)
-            fl_free(wx_own)
-            return
+    # the batch-1 unit steps on several threads: fl_lstm_units_forward runs them all (below), and the input product
+    # too, by row shares, when w_x is packed for it
+    cdef bint shared = units and threads > 1 and H >= UNITS_THREADS_MIN_H
+    cdef bint shared_input = shared and I > 0 and wx_packed != NULL
     if I == 0:
         # projected input: z_ws holds x @ w_x already;  z_ws += b
         for r in range(T * B):
             _add(z_ws + r * G, b, G)
-    elif not step_input:
+    elif not step_input and not shared_input:
         # z_ws = b + x @ w_x   (all T*B rows at once; few rows, as in a one-request latency call, go through the
         # packed tiles, which unlike a threaded gemm never wait on BLAS worker threads)
         matmul_bias(<int>(T * B), <int>G, <int>I, x, <int>I, w_x, <int>G, False, wx_packed, b, z_ws, <int>G)
     if not training:
         _copy(cT, c0, B * H)          # the running cell state, updated in place
         c_prev = cT
+    if floating is float:
+        if shared:
+            fl_lstm_units_forward(kernel_team(threads), <int>T, <int>I, <int>H, x,
+                                  wx_packed if shared_input else NULL, b, w_packed, mask, reverse, h0, z_ws, y, cT)
+            h_prev = y + _step(T - 1, T, reverse) * H
     # per-step input product: z_ws[t] goes into one (B, 4H) slot, reused every step (it stays in cache)
     cdef bint one_slot = step_input and not training
     cdef Py_ssize_t zr = G if one_slot else szb
-    for k in range(T):
+    for k in range(0 if shared else T):           # (shared: the steps ran above)
         t = _step(k, T, reverse)
         zt = z_ws if one_slot else z_ws + t * szt
         yt = y + t * syt
