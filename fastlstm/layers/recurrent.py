@@ -322,13 +322,15 @@ class RNN(Layer):
         rows = inputs if isinstance(inputs, TokenRows) else None
         proj = dp = None
         if rows is not None and not (training and self.dropout > 0):
-            # token rows from an Embedding: each distinct token projected once, straight into the workspace
+            # token rows from an Embedding: each distinct token projected once, straight into the workspace (with
+            # row shares into a new array, which the shares take slices of)
             B, T, _ = rows.shape
             dtype = rows.dtype
-            proj = self._projected_input(rows, training=training,
-                                         z_out=lambda: self._train_workspace(ws_key, T, B, 0, dtype)["z"])
+            z_out = None if training and self._row_shares(B) else (
+                lambda: self._train_workspace(ws_key, T, B, 0, dtype)["z"])
+            proj = self._projected_input(rows, training=training, z_out=z_out)
         if proj is not None:
-            x_tm, extra = np.empty((T, B, 0), dtype), dict(rows=rows, e_u=proj[1])
+            x, extra = np.empty((B, T, 0), dtype), dict(rows=rows, e_u=proj[1])
         else:
             x = self._batch_first_input(rows.gather() if rows is not None else inputs)
             B, T, I = x.shape
@@ -338,22 +340,25 @@ class RNN(Layer):
                 rng = rng if rng is not None else np.random.default_rng()
                 dp = (rng.random((B, 1, I)) >= self.dropout).astype(dtype) * dtype.type(1.0 / (1.0 - self.dropout))
                 x = x * dp
-            x_tm, extra = np.ascontiguousarray(np.swapaxes(x, 0, 1), dtype=dtype), {}
+            extra = {}
         m = _mask_to_kernel(mask, B, T)
         states0 = self._initial_states(B, dtype, initial_state)
         shares = self._row_shares(B) if training else None
         if shares is not None:
-            parts = self._forward_shares(shares, x_tm, states0, m, dtype, ws_key, None if proj is None else proj[0])
+            parts = self._forward_shares(shares, x, states0, m, dtype, ws_key, None if proj is None else proj[0])
             final = [np.concatenate([c["final"][k] for c in parts]) for k in range(self.n_states)]
-            y_tm, ws = np.concatenate([c["ws"]["y"] for c in parts], axis=1), None
+            x_tm, ws = None, None
+            y_tm = np.concatenate([c["ws"]["y"] for c in parts], axis=1)
         else:
+            x_tm, parts = np.ascontiguousarray(np.swapaxes(x, 0, 1), dtype=dtype), None
             ws = self._train_workspace(ws_key, T, B, x_tm.shape[2], dtype)     # (projected: z is in it already)
             _, final = self._kernel_forward(x_tm, states0, m, dtype, ws=ws)
-            y_tm, parts = ws["y"], None
+            y_tm = ws["y"]
         if self.stateful:
             self.states = [s.copy() for s in final]
         out = self._assemble(y_tm, final, m)
-        return out, dict(x_tm=x_tm, states0=states0, m=m, dtype=dtype, ws=ws, dp=dp, shares=parts, **extra)
+        return out, dict(x_tm=x_tm, T=T, B=B, states0=states0, m=m, dtype=dtype, ws=ws, dp=dp, shares=parts,
+                         **extra)
 
     def _row_shares(self, B):
         """[(r0, r1), ...]: one share of the batch rows per kernel thread (TRAIN_MIN_ROWS_PER_THREAD rows at
@@ -363,13 +368,15 @@ class RNN(Layer):
         k = min(config.kernel_threads(), B // TRAIN_MIN_ROWS_PER_THREAD)
         return [(B * i // k, B * (i + 1) // k) for i in range(k)] if k > 1 else None
 
-    def _forward_shares(self, shares, x_tm, states0, m, dtype, ws_key, z=None):
-        """The training forward on each share of rows in its own thread and workspace; returns the shares'
-        contexts for _kernel_backward (their final states in "final"). z: the projected input (T, B, G) of a
-        projected-input forward (x_tm (T, B, 0)), copied into the shares' workspaces."""
+    def _forward_shares(self, shares, x, states0, m, dtype, ws_key, z=None):
+        """The training forward on each share of rows in its own thread and workspace; x (B, T, I) batch-first
+        (each share takes its time-major copy). Returns the shares' contexts for _kernel_backward (their final
+        states in "final"). z: the projected input (T, B, G) of a projected-input forward (x (B, T, 0)), copied
+        into the shares' workspaces."""
         from ..model import _predict_pool
-        T, _, I = x_tm.shape
-        parts = [dict(x_tm=np.ascontiguousarray(x_tm[:, r0:r1]), states0=[s[r0:r1].copy() for s in states0],
+        _, T, I = x.shape
+        parts = [dict(x_tm=np.ascontiguousarray(np.swapaxes(x[r0:r1], 0, 1), dtype=dtype),
+                      states0=[s[r0:r1].copy() for s in states0],
                       m=np.ascontiguousarray(m[:, r0:r1]) if m.shape[0] else m, dtype=dtype, rows=(r0, r1),
                       ws=self._train_workspace((ws_key, i), T, r1 - r0, I, dtype))
                  for i, (r0, r1) in enumerate(shares)]
@@ -409,8 +416,7 @@ class RNN(Layer):
         d_out is what `call` returned, as gradients (None where the loss does not depend on it).
         ctx["d_initial_state"] receives the gradients of the initial states."""
         d_main, d_states = (d_out[0], list(d_out[1:])) if self.return_state else (d_out, [])
-        ws, m, dtype = ctx["ws"], ctx["m"], ctx["dtype"]
-        T, B, _ = ctx["x_tm"].shape
+        ws, m, dtype, T, B = ctx["ws"], ctx["m"], ctx["dtype"], ctx["T"], ctx["B"]
         dy = ws["dy"] if ws is not None else np.zeros((T, B, self.units), dtype)    # all zeros between calls
         dfinal = [np.zeros((B, self.units), dtype) for _ in range(self.n_states)]
         touched = None
