@@ -23,10 +23,11 @@ After lstm_forward with training outputs, z_ws holds every valid step's final pr
 clip applied), gates_out the activated i, f, g, o and cs_out the cell state after each step. After an inference
 z_ws is scratch: a backend may leave only x_t @ w_x + b there (the Cython batch-1 steps do).
 
-The Cython and Numba backends' lstm_forward and gru_forward take one more, optional argument: packs, the
-backend's WeightPacks (Cython: _blas.WeightPacks; Numba: KeptPanels, used by its LSTM) that keeps packed copies of
-w_x and w_h across calls, for a caller whose weights stay the same arrays with the same values (see
-fastlstm._kernels.kernel_kw).
+The Cython and Numba backends' lstm_forward and gru_forward take two more, optional arguments (see
+fastlstm._kernels.kernel_kw): packs, the backend's WeightPacks (Cython: _blas.WeightPacks; Numba: KeptPanels, used by
+its LSTM) that keeps packed copies of w_x and w_h across calls, for a caller whose weights stay the same arrays with
+the same values; and threads, at most that many threads for the call (Cython: batch-1 float32 inference; the
+results equal one thread's bit for bit). Every backend takes batch_major (below in lstm_forward's contract).
 
 Projected input (I == 0: x (T, B, 0), w_x (0, 4H)): z_ws holds x_t @ w_x on entry, computed by the caller (an
 Embedding feeding the layer projects each distinct token once); the kernel adds b and runs the steps as usual.
